@@ -1,0 +1,230 @@
+"""Audio I/O, the log-magnitude STFT, Griffin-Lim, and the pictures.
+
+Everything here works on plain numpy arrays (or torch tensors for the GPU
+Griffin-Lim) and knows nothing about the random CNN.
+"""
+import os
+import tempfile
+
+import librosa
+import numpy as np
+import soundfile as sf
+import torch
+
+SAMPLE_RATE = 22050  # librosa.load's default, which the reference relies on
+N_FFT = 512
+HOP = N_FFT // 4  # librosa's default hop for n_fft=512
+SILENCE_PEAK = 10 ** (-80 / 20)  # a clip whose loudest sample is below -80 dBFS is "silent"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+class AudioError(Exception):
+    """A problem with a file the user named; the message is one line that names it."""
+
+
+# ---------------------------------------------------------------------------- audio in / out
+
+def load_audio(path, sr=SAMPLE_RATE, n_fft=N_FFT):
+    """Read any libsndfile format (wav, flac, ogg, ...), mix to mono, resample to `sr`.
+
+    Does what librosa.load(path) does (soundfile read, channel mean, soxr_hq
+    resampling) but turns every way a file can be unusable into an AudioError.
+    """
+    if not os.path.exists(path):
+        raise AudioError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    try:
+        samples, file_sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile raises several types for corrupt or foreign files
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AudioError(f"{path}: not a readable audio file ({reason})") from None
+    if samples.size == 0:
+        raise AudioError(f"{path}: contains no audio samples")
+    if not np.all(np.isfinite(samples)):
+        raise AudioError(f"{path}: contains NaN or infinite samples")
+    y = samples.mean(axis=1)
+    if file_sr != sr:
+        y = librosa.resample(y, orig_sr=file_sr, target_sr=sr, res_type="soxr_hq")
+    if len(y) < n_fft:
+        raise AudioError(f"{path}: too short ({len(y)} samples at {sr} Hz; "
+                         f"one STFT frame needs {n_fft})")
+    if np.max(np.abs(y)) < SILENCE_PEAK:
+        raise AudioError(f"{path}: is silent (peak below -80 dBFS)")
+    return y.astype(np.float32)
+
+
+def atomic_write(path, write):
+    """Call write(tmp_path), then rename onto `path`: readers never see half a file,
+    and a failure leaves whatever was at `path` untouched."""
+    directory = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1]  # keep the extension: soundfile and matplotlib read it
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a result should not be
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_wav(path, y, sr=SAMPLE_RATE):
+    atomic_write(path, lambda tmp: sf.write(tmp, y, sr, subtype="PCM_16"))
+
+
+def check_writable_dir(path):
+    """Create the output folder if needed and make sure files can be made in it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise AudioError(f"{path}: cannot create output folder ({e.strerror})") from None
+    if not os.path.isdir(path):
+        raise AudioError(f"{path}: output path exists and is not a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise AudioError(f"{path}: output folder is not writable")
+
+
+# ---------------------------------------------------------------------------- spectrograms
+
+def stft(y, n_fft=N_FFT):
+    return librosa.stft(y, n_fft=n_fft, hop_length=n_fft // 4)
+
+
+def log_spectrogram(y, n_fft=N_FFT):
+    """S = log(1 + |STFT|), shape (n_fft // 2 + 1, frames): the reference's features."""
+    return np.log1p(np.abs(stft(y, n_fft))).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- Griffin-Lim
+
+def _librosa_pair(n_fft, length):
+    forward = lambda y: librosa.stft(y, n_fft=n_fft, hop_length=n_fft // 4)
+    inverse = lambda X: librosa.istft(X, hop_length=n_fft // 4, n_fft=n_fft, length=length)
+    return forward, inverse
+
+
+def _torch_pair(n_fft, length, device):
+    # torch.stft with a periodic Hann window, centred frames and zero padding is the
+    # same transform as librosa.stft's defaults; tests hold the two together.
+    window = torch.hann_window(n_fft, periodic=True, device=device)
+    kw = dict(n_fft=n_fft, hop_length=n_fft // 4, window=window, center=True)
+    forward = lambda y: torch.stft(y, pad_mode="constant", return_complex=True, **kw)
+    inverse = lambda X: torch.istft(X, length=length, **kw)
+    return forward, inverse
+
+
+def griffin_lim(log_spec, length, iters=50, n_fft=N_FFT, phase=None, momentum=0.0,
+                seed=0, device="cpu"):
+    """Invert a log1p magnitude spectrogram to a waveform of `length` samples.
+
+    The reference's inversion: magnitude exp(S) - 1, random phase, `iters` rounds of
+    istft then stft keeping the new phase. `phase` replaces the random start (e.g. the
+    content's phase); momentum > 0 is the fast Griffin-Lim of Perraudin et al.
+    On "cpu" librosa does the transforms; on a CUDA device torch does them there.
+    """
+    magnitude = np.expm1(np.asarray(log_spec, dtype=np.float64)).clip(min=0)
+    if phase is None:
+        rng = np.random.default_rng(seed)
+        phase = rng.uniform(-np.pi, np.pi, magnitude.shape)
+    angles = np.exp(1j * phase)
+    if str(device) == "cpu":
+        forward, inverse = _librosa_pair(n_fft, length)
+        to_array = lambda a: a
+    else:
+        forward, inverse = _torch_pair(n_fft, length, device)
+        to_array = lambda a: torch.as_tensor(a, dtype=torch.complex64, device=device)
+        magnitude = to_array(magnitude).real
+    angles = to_array(angles)
+    previous = 0
+    for _ in range(iters - 1):
+        rebuilt = forward(inverse(magnitude * angles))
+        angles = rebuilt - (momentum / (1 + momentum)) * previous
+        previous = rebuilt
+        angles = angles / (abs(angles) + 1e-16)
+    y = inverse(magnitude * angles)
+    if torch.is_tensor(y):
+        y = y.cpu().numpy()
+    return np.asarray(y, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------- pictures
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path):
+    plt = _pyplot()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_spectrograms(named_specs, path, sr=SAMPLE_RATE, n_fft=N_FFT):
+    """Side-by-side spectrograms: time in s, frequency in Hz (low at the bottom), dB colour bar.
+
+    named_specs: list of (title, log1p magnitude array of shape (freq, frames)).
+    """
+    plt = _pyplot()
+    hop = n_fft // 4
+    db = [librosa.amplitude_to_db(np.expm1(np.maximum(s, 0)), ref=1.0, top_db=None)
+          for _, s in named_specs]
+    vmax = max(float(d.max()) for d in db)
+    vmin = vmax - 80  # 80 dB of range, as a listener would care about
+    width = sum(max(2.5, s.shape[1] * hop / sr * 1.6) for _, s in named_specs)
+    fig, axes = plt.subplots(1, len(named_specs), figsize=(width + 1.5, 3.6),
+                             squeeze=False, constrained_layout=True)
+    for ax, (title, spec), d in zip(axes[0], named_specs, db):
+        duration = spec.shape[1] * hop / sr
+        image = ax.imshow(d, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
+                          extent=[0, duration, 0, sr / 2])
+        ax.set_title(title)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("frequency (Hz)")
+    fig.colorbar(image, ax=axes[0].tolist(), format="%+.0f dB", label="level (dB)")
+    save_figure(fig, path)
+
+
+def plot_losses(history, path, title="loss"):
+    """history: dict name -> list of (step, value); drawn on a log scale."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    for name, points in history.items():
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, np.maximum(values, 1e-12), label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def plot_confusion(matrix, labels, path, title="confusion matrix"):
+    """Rows: true speaker, columns: predicted speaker; counts written in the cells."""
+    plt = _pyplot()
+    n = len(labels)
+    size = max(4.0, 0.32 * n + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size), constrained_layout=True)
+    image = ax.imshow(matrix, cmap="Blues", vmin=0)
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=7 if n > 12 else 9)
+    ax.set_yticks(range(n), labels, fontsize=7 if n > 12 else 9)
+    ax.set_xlabel("predicted speaker")
+    ax.set_ylabel("true speaker")
+    ax.set_title(title)
+    if n <= 40:
+        for i in range(n):
+            for j in range(n):
+                if matrix[i][j]:
+                    ax.text(j, i, int(matrix[i][j]), ha="center", va="center", fontsize=6,
+                            color="white" if matrix[i][j] > np.max(matrix) / 2 else "black")
+    fig.colorbar(image, ax=ax, label="utterances")
+    save_figure(fig, path)
