@@ -121,6 +121,11 @@ def pick_device(name):
 
 # ------------------------------------------------------------------------------ optimisation
 
+def log(message):
+    """Progress notes go to stderr, above the progress bar; stdout lists the files written."""
+    tqdm.write(message, file=sys.stderr)
+
+
 class Transfer:
     """A batch of generated log spectrograms, one per content clip, against one style clip.
 
@@ -212,20 +217,20 @@ def optimise(transfer, epochs, print_interval=1000, plot_interval=100, progress=
     history: list of (step, content (B,), style (B,)) at step 1, every plot_interval and
     the last step done.
     """
-    history, done = [], 0
+    history, done, bar = [], 0, None
     on_gpu = transfer.device.type == "cuda"
     refresh = 100 if on_gpu else 10  # reading a loss makes the GPU wait; do it seldom
-    bar = tqdm(total=epochs, disable=not progress, unit="it", dynamic_ncols=True,
-               desc="transfer", file=sys.stderr)
     start = time.perf_counter()
     step = transfer.step
     try:
+        bar = tqdm(total=epochs, disable=not progress, unit="it", dynamic_ncols=True,
+                   desc="transfer", file=sys.stderr)
         for i in range(1, epochs + 1):
             if on_gpu and i == 1 and epochs > 1:
                 try:
                     step, losses = graphed(transfer.step)
                 except Exception as e:  # a driver or op that cannot be captured: run eagerly
-                    tqdm.write(f"CUDA graph capture failed ({e}); running eagerly")
+                    log(f"CUDA graph capture failed ({e}); running eagerly")
                     step, losses = transfer.step, transfer.step()
             else:
                 losses = step()
@@ -238,18 +243,19 @@ def optimise(transfer, epochs, print_interval=1000, plot_interval=100, progress=
                                 total=f"{content + style:.4g}", refresh=False)
                 bar.update(i - bar.n)
                 if i % print_interval == 0:
-                    tqdm.write(f"step {i}: content {content:.4f}  style {style:.4f}  "
-                               f"total {content + style:.4f}")
+                    log(f"step {i}: content {content:.4f}  style {style:.4f}  "
+                        f"total {content + style:.4f}")
     except KeyboardInterrupt:
         if on_gpu:
             torch.cuda.synchronize()
         if history and history[-1][0] != done and done > 0:
             history.append((done, *(loss.cpu().numpy().copy() for loss in losses)))
-        tqdm.write(f"interrupted at step {done}: writing what the spectrogram has reached")
+        log(f"interrupted at step {done}: writing what the spectrogram has reached")
     if on_gpu:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    bar.close()
+    if bar is not None:
+        bar.close()
     return history, done, seconds
 
 
@@ -291,13 +297,12 @@ def run(args):
                         content_weight=args.content_weight, style_weight=args.style_weight,
                         learning_rate=args.learning_rate, style_form=args.style_form,
                         normalize_gram=args.normalize_gram)
-    print(f"{len(files)} content clip(s) {transfer.frames} frames, style {style_spec.shape[1]} "
-          f"frames, on {device}, style loss in {transfer.style_loss.form} form", file=sys.stderr)
+    log(f"{len(files)} content clip(s) {transfer.frames} frames, style {style_spec.shape[1]} "
+        f"frames, on {device}, style loss in {transfer.style_loss.form} form")
     history, done, seconds = optimise(transfer, args.epochs, args.print_interval,
                                       args.plot_interval)
     if done:
-        print(f"{done} iterations in {seconds:.1f} s ({1000 * seconds / done:.2f} ms each)",
-              file=sys.stderr)
+        log(f"{done} iterations in {seconds:.1f} s ({1000 * seconds / done:.2f} ms each)")
     written = []
     for i, generated in enumerate(transfer.result()):
         written += write_outputs(args.output, names[i], content_specs[i], style_spec, generated,

@@ -38,7 +38,8 @@ def load_audio(path, sr=SAMPLE_RATE, n_fft=N_FFT):
     try:
         samples, file_sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile raises several types for corrupt or foreign files
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        # libsndfile says "Error opening '<path>': <reason>"; the path is named once already
+        reason = (str(e).splitlines() or [type(e).__name__])[0].split("': ")[-1]
         raise AudioError(f"{path}: not a readable audio file ({reason})") from None
     if samples.size == 0:
         raise AudioError(f"{path}: contains no audio samples")
@@ -118,27 +119,27 @@ def _torch_pair(n_fft, length, device):
 
 
 def griffin_lim(log_spec, length, iters=50, n_fft=N_FFT, phase=None, momentum=0.0,
-                seed=0, device="cpu"):
+                seed=0, device="cpu", backend=None):
     """Invert a log1p magnitude spectrogram to a waveform of `length` samples.
 
     The reference's inversion: magnitude exp(S) - 1, random phase, `iters` rounds of
     istft then stft keeping the new phase. `phase` replaces the random start (e.g. the
     content's phase); momentum > 0 is the fast Griffin-Lim of Perraudin et al.
-    On "cpu" librosa does the transforms; on a CUDA device torch does them there.
+    backend "librosa" or "torch" does the transforms; by default librosa on the CPU and
+    torch on a CUDA device.
     """
     magnitude = np.expm1(np.asarray(log_spec, dtype=np.float64)).clip(min=0)
     if phase is None:
         rng = np.random.default_rng(seed)
         phase = rng.uniform(-np.pi, np.pi, magnitude.shape)
     angles = np.exp(1j * phase)
-    if str(device) == "cpu":
+    backend = backend or ("librosa" if str(device) == "cpu" else "torch")
+    if backend == "librosa":
         forward, inverse = _librosa_pair(n_fft, length)
-        to_array = lambda a: a
     else:
         forward, inverse = _torch_pair(n_fft, length, device)
-        to_array = lambda a: torch.as_tensor(a, dtype=torch.complex64, device=device)
-        magnitude = to_array(magnitude).real
-    angles = to_array(angles)
+        magnitude = torch.as_tensor(magnitude, dtype=torch.float32, device=device)
+        angles = torch.as_tensor(angles, dtype=torch.complex64, device=device)
     previous = 0
     for _ in range(iters - 1):
         rebuilt = forward(inverse(magnitude * angles))

@@ -1,0 +1,246 @@
+"""Measure a voice transfer: whose voice it has, what it still says, what Griffin-Lim lost.
+
+    python evaluate.py CONTENT STYLE GENERATED [GENERATED ...]
+
+Prints one row per generated clip:
+    sim_style    cosine similarity of its speaker embedding to the style clip's
+    sim_content  the same against the content clip's
+    margin       sim_style - sim_content: above 0 when it sounds more like the style speaker
+    stoi         intelligibility kept from the content (STOI against the content, 1 = all)
+    lsd_db       log-spectral distance between the spectrogram train.py optimised and the
+                 spectrogram of the wav it wrote, i.e. what Griffin-Lim lost; read from
+                 <name>_spectrogram.npy beside <name>.wav (train.py -save_spectrogram),
+                 "-" when there is none
+The speaker embeddings are Resemblyzer's d-vectors; its package ships the trained weights,
+so nothing is downloaded. Needs `pip install -r requirements-eval.txt`.
+"""
+import argparse
+import csv
+import os
+import sys
+import warnings
+
+import numpy as np
+import scipy.signal
+
+import utils
+
+COLUMNS = ["file", "sim_style", "sim_content", "margin", "stoi", "lsd_db"]
+STOI_RATE = 10000  # the rate STOI is defined at; clips are resampled to it once, here
+ENVELOPE_WINDOW, ENVELOPE_HOP = 200, 50  # 20 ms frames every 5 ms at STOI_RATE
+LSD_RANGE_DB = 80  # magnitudes below the reference's peak minus this count as the floor
+
+
+class MissingPackage(Exception):
+    """An evaluation-only package is not installed; the message says which and how."""
+
+
+def eval_packages():
+    """Import the packages only evaluation needs, or say in one line how to get them."""
+    try:
+        with warnings.catch_warnings():
+            # webrtcvad (Resemblyzer's VAD) warns that pkg_resources is deprecated, and
+            # Resemblyzer imports scipy.ndimage.morphology: notices about them, not about us.
+            warnings.simplefilter("ignore")
+            import pystoi
+            import resemblyzer
+    except ImportError as e:
+        name = e.name or str(e)
+        if name == "pkg_resources":  # removed from setuptools 81 on; webrtcvad imports it
+            name = "setuptools<81 (pkg_resources, which webrtcvad imports)"
+        raise MissingPackage(f"missing package {name}: "
+                             f"`pip install -r requirements-eval.txt` installs it") from None
+    return resemblyzer, pystoi
+
+
+# ------------------------------------------------------------------------------ speaker
+
+def load_encoder():
+    """Resemblyzer's speaker encoder, with the weights from its own package folder."""
+    resemblyzer, _ = eval_packages()
+    return resemblyzer.VoiceEncoder(device="cpu", verbose=False)
+
+
+def speaker_embedding(y, encoder):
+    """The d-vector (256 values, unit length) of a clip sampled at 16 kHz."""
+    resemblyzer, _ = eval_packages()
+    wav = resemblyzer.preprocess_wav(y)  # volume to -30 dBFS, long pauses cut by a VAD
+    if len(wav) == 0:  # the VAD heard no voice at all (e.g. pure noise): use the whole clip
+        wav = resemblyzer.audio.normalize_volume(y, resemblyzer.hparams.audio_norm_target_dBFS,
+                                                 increase_only=True)
+    return encoder.embed_utterance(wav)
+
+
+def speaker_similarity(a, b):
+    """Cosine similarity of two speaker embeddings: 1 for the same voice."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# ------------------------------------------------------------------------------ intelligibility
+
+def envelope(y):
+    """Frame energies, ENVELOPE_WINDOW samples every ENVELOPE_HOP: a phase-blind outline."""
+    frames = np.lib.stride_tricks.sliding_window_view(y, ENVELOPE_WINDOW)[::ENVELOPE_HOP]
+    return np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
+
+
+def align(generated, content):
+    """Shift and cut or zero-pad `generated` to line up with `content`, sample for sample.
+
+    train.py writes its wav at the content's length and timing, so clips of equal length
+    (to one envelope hop, i.e. resampling rounding) are taken as aligned and only cut or
+    padded at the end. Otherwise the lag is the one that maximises the cross-correlation
+    of the two energy envelopes (the waveforms themselves do not correlate: Griffin-Lim
+    starts from random phase), to ENVELOPE_HOP samples. Whatever part of the content the
+    generated clip does not cover becomes silence, so missing speech costs intelligibility.
+    """
+    lag = 0
+    if abs(len(generated) - len(content)) > ENVELOPE_HOP:
+        g, c = envelope(generated), envelope(content)
+        corr = scipy.signal.correlate(g - g.mean(), c - c.mean(), mode="full", method="fft")
+        lag = (int(np.argmax(corr)) - (len(c) - 1)) * ENVELOPE_HOP  # > 0: generated is late
+    shifted = generated[lag:] if lag >= 0 else np.concatenate([np.zeros(-lag, np.float32),
+                                                               generated])
+    out = np.zeros_like(content)
+    out[:min(len(shifted), len(content))] = shifted[:len(content)]
+    return out
+
+
+def stoi_score(generated, content, sr=STOI_RATE):
+    """STOI of `generated` against the clean `content` (both at `sr`), after align()."""
+    _, pystoi = eval_packages()
+    return float(pystoi.stoi(content, align(generated, content), sr))
+
+
+# ------------------------------------------------------------------------------ Griffin-Lim loss
+
+def log_spectral_distance(reference, other):
+    """Log-spectral distance in dB between two log1p magnitude spectrograms (bins, frames).
+
+    With X = expm1(reference) and Y = expm1(other) the magnitudes, and a floor
+    m = max(X) * 10^(-LSD_RANGE_DB / 20) applied to both (so near-silent bins, where any
+    error is a huge ratio, count no more than an 80 dB range lets them):
+        LSD = mean over frames t of sqrt( mean over bins f of
+                  (20 log10 max(X[f,t], m) - 20 log10 max(Y[f,t], m))^2 )
+    0 for identical spectrograms. Frames past the shorter one are ignored.
+    """
+    frames = min(reference.shape[1], other.shape[1])
+    x = np.expm1(np.maximum(np.asarray(reference, np.float64)[:, :frames], 0))
+    y = np.expm1(np.maximum(np.asarray(other, np.float64)[:, :frames], 0))
+    floor = max(x.max(), np.finfo(np.float64).tiny) * 10 ** (-LSD_RANGE_DB / 20)
+    diff = 20 * np.log10(np.maximum(x, floor)) - 20 * np.log10(np.maximum(y, floor))
+    return float(np.mean(np.sqrt(np.mean(diff ** 2, axis=0))))
+
+
+def saved_spectrogram(wav_path):
+    """The optimised spectrogram train.py -save_spectrogram left beside `wav_path`, or None."""
+    path = os.path.splitext(wav_path)[0] + "_spectrogram.npy"
+    if not os.path.exists(path):
+        return None
+    try:
+        spec = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise utils.AudioError(f"{path}: not a readable .npy file ({e})") from None
+    if spec.ndim != 2 or spec.shape[0] != utils.N_FFT // 2 + 1:
+        raise utils.AudioError(f"{path}: shape {spec.shape} is not a log spectrogram of "
+                               f"{utils.N_FFT // 2 + 1} bins by frames")
+    return spec
+
+
+# ------------------------------------------------------------------------------ the whole row
+
+def evaluate(content, style, generated_paths, encoder=None):
+    """One dict per generated clip, keys COLUMNS (lsd_db None without a saved spectrogram).
+
+    Every file is read and checked before any measuring; pass `encoder` (load_encoder())
+    to reuse one across calls.
+    """
+    content_16k = utils.load_audio(content, sr=16000)  # Resemblyzer's rate
+    content_stoi = utils.load_audio(content, sr=STOI_RATE)
+    style_16k = utils.load_audio(style, sr=16000)
+    generated = [(path, utils.load_audio(path, sr=16000), utils.load_audio(path, sr=STOI_RATE),
+                  saved_spectrogram(path)) for path in generated_paths]
+    encoder = encoder or load_encoder()
+    content_embedding = speaker_embedding(content_16k, encoder)
+    style_embedding = speaker_embedding(style_16k, encoder)
+    rows = []
+    for path, y_16k, y_stoi, spec in generated:
+        embedding = speaker_embedding(y_16k, encoder)
+        sim_style = speaker_similarity(embedding, style_embedding)
+        sim_content = speaker_similarity(embedding, content_embedding)
+        lsd = None
+        if spec is not None:
+            # The spectrogram was optimised at train.py's rate; measure the wav at the same.
+            written = utils.log_spectrogram(utils.load_audio(path))
+            lsd = log_spectral_distance(spec, written)
+        rows.append({"file": path, "sim_style": sim_style, "sim_content": sim_content,
+                     "margin": sim_style - sim_content,
+                     "stoi": stoi_score(y_stoi, content_stoi), "lsd_db": lsd})
+    return rows
+
+
+# ------------------------------------------------------------------------------ command line
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints the whole usage; one line says enough
+        self.exit(2, f"{self.prog}: error: {message} (see -h)\n")
+
+
+def build_parser():
+    p = OneLineParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("content", help="the content clip the transfer started from")
+    p.add_argument("style", help="the style clip")
+    p.add_argument("generated", nargs="+", help="generated clip(s), e.g. train.py's .wav")
+    p.add_argument("-csv", help="also write the rows to this CSV file")
+    return p
+
+
+def format_row(row, width):
+    cells = [f"{row['file']:<{width}}"]
+    cells += [f"{row[k]:>11.3f}" for k in COLUMNS[1:5]]
+    cells.append(f"{'-' if row['lsd_db'] is None else format(row['lsd_db'], '.2f'):>8}")
+    return " ".join(cells)
+
+
+def write_csv(path, rows):
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(COLUMNS)
+            for row in rows:
+                out.writerow([row["file"]] + [f"{row[k]:.6f}" for k in COLUMNS[1:5]]
+                             + ["" if row["lsd_db"] is None else f"{row['lsd_db']:.4f}"])
+    utils.atomic_write(path, write)
+
+
+def run(args):
+    if args.csv:  # find out before minutes of work, not after
+        folder = os.path.dirname(os.path.abspath(args.csv))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+            raise utils.AudioError(f"{args.csv}: cannot write there (no such folder, or "
+                                   f"not writable)")
+    rows = evaluate(args.content, args.style, args.generated)
+    width = max(len("file"), *(len(r["file"]) for r in rows))
+    print(" ".join([f"{'file':<{width}}"] + [f"{c:>11}" for c in COLUMNS[1:5]] + [f"{'lsd_db':>8}"]))
+    for row in rows:
+        print(format_row(row, width))
+    if args.csv:
+        write_csv(args.csv, rows)
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (utils.AudioError, MissingPackage) as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # writing the CSV
+        print(f"evaluate.py: error: {e.filename or args.csv}: {e.strerror}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

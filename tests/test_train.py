@@ -1,0 +1,207 @@
+"""train.py: the command line end to end, its errors, and the optimisation's properties."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import train
+import utils
+from conftest import ROOT
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def clips(tmp_path, tone):
+    """A short 'content' and a longer, higher 'style' clip at 16 kHz, as files."""
+    content, style = tmp_path / "low.wav", tmp_path / "high.wav"
+    sf.write(content, tone(0.4, sr=16000, f0=110), 16000)
+    sf.write(style, tone(0.6, sr=16000, f0=230, seed=1), 16000)
+    return str(content), str(style)
+
+
+def run_cli(*args, **kw):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args],
+                          capture_output=True, text=True, cwd=kw.get("cwd", ROOT))
+
+
+def _is_png(path):
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_end_to_end_writes_wav_and_pictures(clips, tmp_path):
+    content, style = clips
+    out = tmp_path / "out"
+    result = run_cli("-content", content, "-style", style, "-epochs", "30", "-output", str(out),
+                     "-content_weight", "50", "-style_weight", "2.5", "-learning_rate", "0.01",
+                     "-print_interval", "10", "-griffin_lim_iters", "10")
+    assert result.returncode == 0, result.stderr
+    assert "step 30: content" in result.stderr
+    assert sorted(os.listdir(out)) == ["low_as_high.wav", "low_as_high_loss.png",
+                                       "low_as_high_spectrograms.png"]
+    audio, sr = sf.read(out / "low_as_high.wav")
+    assert sr == 22050
+    assert len(audio) == len(utils.load_audio(content))  # the content's duration
+    assert np.all(np.isfinite(audio)) and np.max(np.abs(audio)) > 1e-3
+    assert _is_png(out / "low_as_high_loss.png")
+    assert _is_png(out / "low_as_high_spectrograms.png")
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_input_over_the_command_line_is_one_line(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("-content", str(tmp_path / "missing.wav"), "-output", str(out))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"train.py: error: {tmp_path / 'missing.wav'}: no such file"]
+    assert not out.exists()
+
+
+def test_every_bad_file_as_content_or_style(bad_files, clips, tmp_path, capsys):
+    content, style = clips
+    out = tmp_path / "results"
+    for name, (path, words) in bad_files.items():
+        as_content = ["-content", str(path), "-style", style]
+        as_style = ["-content", content, "-style", str(path)]
+        # a folder of content clips is a batch, not an error
+        for argv in ([as_style] if name == "directory" else [as_content, as_style]):
+            code = train.main(argv + ["-epochs", "1", "-output", str(out)])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert code == 2, name
+            assert len(err) == 1 and words in err[0] and str(path) in err[0], (name, err)
+            assert not out.exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-epochs", "-5"], "must be >= 0"),
+    (["-content_weight", "abc"], "not a number"),
+    (["-style_weight", "nan"], "must be >= 0"),
+    (["-learning_rate", "0"], "must be > 0"),
+    (["-kernel", "5x5"], "invalid choice"),
+])
+def test_bad_settings_are_one_line(args, words, clips, tmp_path, capsys):
+    content, style = clips
+    with pytest.raises(SystemExit) as info:
+        train.main(["-content", content, "-style", style, "-output", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2
+    assert len(err) == 1 and words in err[0], err
+
+
+def test_unwritable_output_is_an_error_and_nothing_is_clobbered(clips, tmp_path, capsys):
+    content, style = clips
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    code = train.main(["-content", content, "-style", style, "-epochs", "1",
+                       "-output", str(blocker / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot create output folder" in err[0]
+    assert blocker.read_text() == "keep me"
+    if os.geteuid() != 0:  # root can write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        code = train.main(["-content", content, "-style", style, "-output", str(locked)])
+        assert code == 2 and "not writable" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_a_gpu_is_an_error(clips, tmp_path, capsys):
+    content, style = clips
+    code = train.main(["-content", content, "-style", style, "-device", "cuda",
+                       "-output", str(tmp_path / "o")])
+    assert code == 2 and "no CUDA device" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_the_work_done(clips, tmp_path):
+    content, style = clips
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), "-content", content,
+                             "-style", style, "-epochs", "1000000", "-output", str(out),
+                             "-griffin_lim_iters", "5"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    seen = ""
+    deadline = time.time() + 60
+    while "content=" not in seen and time.time() < deadline:  # the bar shows losses
+        seen += os.read(proc.stderr.fileno(), 4096).decode()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted at step" in stderr and "Traceback" not in stderr
+    assert sorted(os.listdir(out)) == ["low_as_high.wav", "low_as_high_loss.png",
+                                       "low_as_high_spectrograms.png"]
+
+
+def _transfer(specs, style, **kw):
+    return train.Transfer(specs, style, device=CPU, **kw)
+
+
+def _specs(tone):
+    """Two content spectrograms of different lengths and a style one."""
+    return (utils.log_spectrogram(tone(0.3, f0=110)),
+            utils.log_spectrogram(tone(0.45, f0=150, seed=2)),
+            utils.log_spectrogram(tone(0.5, f0=240, seed=1)))
+
+
+def test_learning_rate_is_used(tone):
+    """Adam's first step moves every entry by the learning rate (the reference ignored
+    -learning_rate and always ran at 0.001)."""
+    content, _, style = _specs(tone)
+    for lr in (0.001, 0.05):
+        t = _transfer([content], style, learning_rate=lr)
+        before = t.spec.detach().clone()
+        t.step()
+        moved = (t.spec.detach() - before).abs()
+        assert moved.max().item() == pytest.approx(lr, rel=1e-3)
+
+
+def test_same_seed_same_result_other_seed_other_result(tone):
+    content, _, style = _specs(tone)
+    runs = []
+    for seed in (0, 0, 1):
+        t = _transfer([content], style, seed=seed)
+        for _ in range(5):
+            t.step()
+        runs.append(t.result()[0])
+    assert np.array_equal(runs[0], runs[1])
+    assert not np.allclose(runs[0], runs[2])
+
+
+@pytest.mark.parametrize("kernel", [(3, 1), (3, 3)])
+def test_batch_equals_one_by_one(tone, kernel):
+    """Two clips of different lengths optimised as one batch end where each would alone."""
+    a, b, style = _specs(tone)
+    batch = _transfer([a, b], style, kernel=kernel)
+    alone = [_transfer([a], style, kernel=kernel), _transfer([b], style, kernel=kernel)]
+    for _ in range(20):
+        batch.step()
+        for t in alone:
+            t.step()
+    for together, single in zip(batch.result(), alone):
+        np.testing.assert_allclose(together, single.result()[0], rtol=1e-4, atol=1e-6)
+
+
+def test_the_loss_falls(tone):
+    content, _, style = _specs(tone)
+    t = _transfer([content], style, learning_rate=0.05)
+    first = sum(x.item() for x in t.step())
+    for _ in range(100):
+        last = sum(x.item() for x in t.step())
+    assert last < 0.5 * first
+
+
+def test_content_folder_expands_to_its_clips(tmp_path, tone):
+    for name in ("b.wav", "a.flac", "notes.txt"):
+        if name.endswith("txt"):
+            (tmp_path / name).write_text("x")
+        else:
+            sf.write(tmp_path / name, tone(0.3), 22050)
+    found = train.content_paths([str(tmp_path)])
+    assert [os.path.basename(p) for p in found] == ["a.flac", "b.wav"]
+    assert train.output_names(["x/a.wav", "y/a.wav"], "s.wav") == ["a_as_s", "a_as_s_2"]

@@ -1,0 +1,119 @@
+"""Audio loading and its errors, the STFT, Griffin-Lim, atomic writes and pictures."""
+import os
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+
+import utils
+
+
+def test_load_mixes_stereo_and_resamples(tmp_path, tone):
+    y = tone(0.5, sr=44100)
+    stereo = np.stack([y, 0.5 * y], axis=1)
+    path = tmp_path / "stereo.wav"
+    sf.write(path, stereo, 44100)
+    loaded = utils.load_audio(str(path))
+    assert loaded.dtype == np.float32
+    assert len(loaded) == pytest.approx(0.5 * 22050, abs=2)
+    # same as librosa.load, which is what the reference reads with
+    expected, _ = librosa.load(str(path), sr=22050)
+    np.testing.assert_allclose(loaded, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["flac", "ogg"])
+def test_load_other_formats(tmp_path, tone, fmt):
+    path = tmp_path / f"clip.{fmt}"
+    sf.write(path, tone(0.3, sr=16000), 16000)
+    assert len(utils.load_audio(str(path))) == pytest.approx(0.3 * 22050, abs=2)
+
+
+def test_each_bad_file_gets_one_line_naming_it(bad_files):
+    for name, (path, words) in bad_files.items():
+        with pytest.raises(utils.AudioError) as info:
+            utils.load_audio(str(path))
+        message = str(info.value)
+        assert words in message, name
+        assert str(path) in message, name
+        assert "\n" not in message, name
+
+
+def test_log_spectrogram_is_log1p_of_stft_magnitude(tone):
+    y = tone(0.5)
+    S = utils.log_spectrogram(y)
+    assert S.shape == (257, 1 + len(y) // 128)
+    expected = np.log(1 + np.abs(librosa.stft(y, n_fft=512, hop_length=128)))
+    np.testing.assert_allclose(S, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_griffin_lim_with_true_phase_is_exact(tone):
+    y = tone(0.5)
+    S = utils.log_spectrogram(y)
+    back = utils.griffin_lim(S, len(y), iters=1, phase=np.angle(utils.stft(y)))
+    assert len(back) == len(y)
+    assert np.max(np.abs(back - y)) < 1e-4
+
+
+def _spectral_convergence(y, S):
+    target = np.expm1(S)
+    rebuilt = np.abs(utils.stft(y))
+    return np.linalg.norm(rebuilt - target) / np.linalg.norm(target)
+
+
+def test_griffin_lim_from_random_phase_converges(tone):
+    """50 iterations from random phase bring the magnitude within 25% (spectral
+    convergence) on a harmonic tone; more iterations or momentum do better."""
+    y = tone(0.5)
+    S = utils.log_spectrogram(y)
+    one = _spectral_convergence(utils.griffin_lim(S, len(y), iters=1), S)
+    fifty = _spectral_convergence(utils.griffin_lim(S, len(y), iters=50), S)
+    fast = _spectral_convergence(utils.griffin_lim(S, len(y), iters=50, momentum=0.99), S)
+    assert fifty < 0.25 < one
+    assert fast < fifty
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.99])
+def test_torch_griffin_lim_matches_librosa(tone, momentum):
+    """The GPU port (torch.stft/istft), run here on the CPU, against librosa's transforms
+    from the same starting phase: 1e-4 relative (1e-2 with momentum, which amplifies
+    float32 rounding over the iterations)."""
+    y = tone(0.5)
+    S = utils.log_spectrogram(y)
+    a = utils.griffin_lim(S, len(y), momentum=momentum, backend="librosa")
+    b = utils.griffin_lim(S, len(y), momentum=momentum, backend="torch")
+    bound = 1e-4 if momentum == 0 else 1e-2
+    assert np.linalg.norm(a - b) / np.linalg.norm(a) < bound
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "result.txt"
+    path.write_text("old")
+
+    def broken(tmp):
+        open(tmp, "w").write("half")
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError):
+        utils.atomic_write(str(path), broken)
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["result.txt"]
+
+
+def _is_png(path):
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pictures_are_pngs(tmp_path, tone):
+    import matplotlib.image
+    S = utils.log_spectrogram(tone(0.5))
+    spec = tmp_path / "spec.png"
+    utils.plot_spectrograms([("a", S), ("b", S)], str(spec))
+    loss = tmp_path / "loss.png"
+    utils.plot_losses({"total": [(1, 10.0), (2, 5.0)]}, str(loss))
+    confusion = tmp_path / "confusion.png"
+    utils.plot_confusion(np.eye(3, dtype=int) * 2, ["a", "b", "c"], str(confusion))
+    for path in (spec, loss, confusion):
+        assert _is_png(path)
+        height, width, _ = matplotlib.image.imread(str(path)).shape
+        assert height > 200 and width > 200
