@@ -26,6 +26,7 @@ import scipy.signal
 import utils
 
 COLUMNS = ["file", "sim_style", "sim_content", "margin", "stoi", "lsd_db"]
+ENCODER_RATE = 16000  # what Resemblyzer's encoder was trained on
 STOI_RATE = 10000  # the rate STOI is defined at; clips are resampled to it once, here
 ENVELOPE_WINDOW, ENVELOPE_HOP = 200, 50  # 20 ms frames every 5 ms at STOI_RATE
 LSD_RANGE_DB = 80  # magnitudes below the reference's peak minus this count as the floor
@@ -62,12 +63,12 @@ def load_encoder():
 
 
 def speaker_embedding(y, encoder):
-    """The d-vector (256 values, unit length) of a clip sampled at 16 kHz."""
+    """The d-vector (256 values, unit length) of a clip sampled at ENCODER_RATE."""
     resemblyzer, _ = eval_packages()
     wav = resemblyzer.preprocess_wav(y)  # volume to -30 dBFS, long pauses cut by a VAD
     if len(wav) == 0:  # the VAD heard no voice at all (e.g. pure noise): use the whole clip
-        wav = resemblyzer.audio.normalize_volume(y, resemblyzer.hparams.audio_norm_target_dBFS,
-                                                 increase_only=True)
+        wav = resemblyzer.normalize_volume(y, resemblyzer.hparams.audio_norm_target_dBFS,
+                                           increase_only=True)
     return encoder.embed_utterance(wav)
 
 
@@ -140,8 +141,8 @@ def saved_spectrogram(wav_path):
         return None
     try:
         spec = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise utils.AudioError(f"{path}: not a readable .npy file ({e})") from None
+    except (OSError, ValueError):  # numpy's own reasons talk about pickles; this says it
+        raise utils.AudioError(f"{path}: not a readable .npy array file") from None
     if spec.ndim != 2 or spec.shape[0] != utils.N_FFT // 2 + 1:
         raise utils.AudioError(f"{path}: shape {spec.shape} is not a log spectrogram of "
                                f"{utils.N_FFT // 2 + 1} bins by frames")
@@ -156,11 +157,12 @@ def evaluate(content, style, generated_paths, encoder=None):
     Every file is read and checked before any measuring; pass `encoder` (load_encoder())
     to reuse one across calls.
     """
-    content_16k = utils.load_audio(content, sr=16000)  # Resemblyzer's rate
+    content_16k = utils.load_audio(content, sr=ENCODER_RATE)
     content_stoi = utils.load_audio(content, sr=STOI_RATE)
-    style_16k = utils.load_audio(style, sr=16000)
-    generated = [(path, utils.load_audio(path, sr=16000), utils.load_audio(path, sr=STOI_RATE),
-                  saved_spectrogram(path)) for path in generated_paths]
+    style_16k = utils.load_audio(style, sr=ENCODER_RATE)
+    generated = [(path, utils.load_audio(path, sr=ENCODER_RATE),
+                  utils.load_audio(path, sr=STOI_RATE), saved_spectrogram(path))
+                 for path in generated_paths]
     encoder = encoder or load_encoder()
     content_embedding = speaker_embedding(content_16k, encoder)
     style_embedding = speaker_embedding(style_16k, encoder)
@@ -188,7 +190,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser():
-    p = OneLineParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
+    intro, _, columns = __doc__.split("\n\n", 2)  # the columns' meanings close the help
+    p = OneLineParser(prog="evaluate.py", description=intro, epilog=columns,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("content", help="the content clip the transfer started from")
     p.add_argument("style", help="the style clip")
     p.add_argument("generated", nargs="+", help="generated clip(s), e.g. train.py's .wav")
@@ -196,11 +200,15 @@ def build_parser():
     return p
 
 
-def format_row(row, width):
-    cells = [f"{row['file']:<{width}}"]
-    cells += [f"{row[k]:>11.3f}" for k in COLUMNS[1:5]]
-    cells.append(f"{'-' if row['lsd_db'] is None else format(row['lsd_db'], '.2f'):>8}")
-    return " ".join(cells)
+def table_line(cells, width):
+    """The file name left-aligned in `width`, then the five measures right-aligned."""
+    return " ".join([f"{cells[0]:<{width}}"] + [f"{c:>11}" for c in cells[1:5]]
+                    + [f"{cells[5]:>8}"])
+
+
+def table_cells(row):
+    lsd = "-" if row["lsd_db"] is None else f"{row['lsd_db']:.2f}"
+    return [row["file"]] + [f"{row[k]:.3f}" for k in COLUMNS[1:5]] + [lsd]
 
 
 def write_csv(path, rows):
@@ -215,16 +223,18 @@ def write_csv(path, rows):
 
 
 def run(args):
-    if args.csv:  # find out before minutes of work, not after
+    if args.csv:  # find out before the measuring, not after
         folder = os.path.dirname(os.path.abspath(args.csv))
+        if os.path.isdir(args.csv):
+            raise utils.AudioError(f"-csv {args.csv}: is a folder, not a file")
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-            raise utils.AudioError(f"{args.csv}: cannot write there (no such folder, or "
-                                   f"not writable)")
+            raise utils.AudioError(f"-csv {args.csv}: cannot write there (no such folder, "
+                                   f"or not writable)")
     rows = evaluate(args.content, args.style, args.generated)
     width = max(len("file"), *(len(r["file"]) for r in rows))
-    print(" ".join([f"{'file':<{width}}"] + [f"{c:>11}" for c in COLUMNS[1:5]] + [f"{'lsd_db':>8}"]))
+    print(table_line(COLUMNS, width))
     for row in rows:
-        print(format_row(row, width))
+        print(table_line(table_cells(row), width))
     if args.csv:
         write_csv(args.csv, rows)
     return 0
@@ -237,8 +247,8 @@ def main(argv=None):
     except (utils.AudioError, MissingPackage) as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # writing the CSV
-        print(f"evaluate.py: error: {e.filename or args.csv}: {e.strerror}", file=sys.stderr)
+    except OSError as e:  # writing the CSV failed after all (disk full, ...)
+        print(f"evaluate.py: error: -csv {args.csv}: {e.strerror or e}", file=sys.stderr)
         return 2
 
 

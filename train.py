@@ -11,6 +11,7 @@ the example voices in input/. Writes into output/ (or -output):
     <content>_as_<style>_loss.png          the loss curves
 """
 import argparse
+import collections
 import math
 import os
 import sys
@@ -61,8 +62,18 @@ def build_parser():
     p.add_argument("-output", default="output", help="folder for the results")
     p.add_argument("-content_weight", type=number(float, 0), default=100.0)
     p.add_argument("-style_weight", type=number(float, 0), default=1.0)
-    p.add_argument("-epochs", type=number(int, 0), default=20000, help="optimiser iterations")
-    p.add_argument("-learning_rate", type=number(float, 0, low_ok=False), default=0.001)
+    p.add_argument("-epochs", type=number(int, 0), default=20000,
+                   help="iterations (for L-BFGS: loss evaluations, each costing one Adam step)")
+    p.add_argument("-optimizer", choices=["adam", "lbfgs"], default="adam")
+    p.add_argument("-learning_rate", type=number(float, 0, low_ok=False), default=None,
+                   help="Adam's step size (default 0.001); for L-BFGS, the scale of its "
+                        "first step before line search (default 1)")
+    p.add_argument("-init", choices=["noise", "content"], default="noise",
+                   help="start from N(0,1)*1e-3 noise (the reference) or from the content")
+    p.add_argument("-tol", type=number(float, 0), default=None,
+                   help="stop when the total loss falls by less than this fraction "
+                        "over -tol_window iterations")
+    p.add_argument("-tol_window", type=number(int, 1), default=200)
     p.add_argument("-print_interval", type=number(int, 1), default=1000,
                    help="print the losses every this many iterations")
     p.add_argument("-plot_interval", type=number(int, 1), default=100,
@@ -72,7 +83,13 @@ def build_parser():
     p.add_argument("-device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("-kernel", choices=["3x1", "3x3"], default="3x1",
                    help="frequency x time size of the convolution kernel")
+    p.add_argument("-channels", type=number(int, 1), default=32,
+                   help="output channels of the random convolution")
     p.add_argument("-griffin_lim_iters", type=number(int, 1), default=50)
+    p.add_argument("-griffin_lim_momentum", type=number(float, 0), default=0.0,
+                   help="0: plain Griffin-Lim (the reference); 0.99: the fast variant")
+    p.add_argument("-phase", choices=["random", "content"], default="random",
+                   help="Griffin-Lim's starting phase: random (the reference) or the content's")
     p.add_argument("-style_form", choices=["auto", "time", "gram"], default="auto",
                    help="exact form of the style loss: T x T products, 8160 x 8160 Grams, "
                         "or whichever is cheaper for the clips")
@@ -134,13 +151,13 @@ class Transfer:
     of a run on that clip alone.
     """
 
-    def __init__(self, content_specs, style_spec, *, device, seed=0, kernel=(3, 1),
-                 content_weight=100.0, style_weight=1.0, learning_rate=1e-3,
-                 style_form="auto", normalize_gram=False):
+    def __init__(self, content_specs, style_spec, *, device, seed=0, kernel=(3, 1), channels=32,
+                 content_weight=100.0, style_weight=1.0, learning_rate=None, optimizer="adam",
+                 init="noise", style_form="auto", normalize_gram=False):
         self.device = device
         self.frames = [spec.shape[1] for spec in content_specs]
         bins, longest = content_specs[0].shape[0], max(self.frames)
-        self.net = RandomCNN(seed, kernel=kernel).to(device)
+        self.net = RandomCNN(seed, channels=channels, kernel=kernel).to(device)
         self.content_weight, self.style_weight = content_weight, style_weight
 
         frames = torch.tensor(self.frames, device=device)
@@ -152,15 +169,24 @@ class Transfer:
             return torch.nn.functional.pad(torch.as_tensor(spec), (0, longest - spec.shape[1]))
 
         content = torch.stack([padded(s) for s in content_specs]).to(device)
-        noise = [self.net.initial_noise((bins, n)) for n in self.frames]
-        self.spec = torch.nn.Parameter(torch.stack([padded(n) for n in noise]).to(device))
+        if init == "content":
+            start = content.clone()
+        else:  # the reference's start: N(0, 1) * 1e-3
+            start = torch.stack([padded(self.net.initial_noise((bins, n))) for n in self.frames])
+        self.spec = torch.nn.Parameter(start.to(device))
         with torch.no_grad():
             self.content_features = self.features(content)
             style_features = self.net(torch.as_tensor(style_spec, device=device)[None])
         self.style_loss = StyleLoss(style_features, longest, form=style_form,
                                     normalize=normalize_gram).to(device)
-        self.optimizer = torch.optim.Adam([self.spec], lr=learning_rate,
-                                          capturable=device.type == "cuda")
+
+        self.optimizer_name = optimizer
+        if optimizer == "adam":
+            self.optimizer = torch.optim.Adam([self.spec], lr=learning_rate or 1e-3,
+                                              capturable=device.type == "cuda")
+        else:  # L-BFGS picks its own step length by line search; lr scales its first guess
+            self.optimizer = torch.optim.LBFGS([self.spec], lr=learning_rate or 1.0,
+                                               history_size=50, line_search_fn="strong_wolfe")
 
     def features(self, spec):
         if not self.padded:
@@ -176,16 +202,63 @@ class Transfer:
         return self.content_weight * content, self.style_weight * style
 
     def step(self):
+        """One Adam iteration; returns the losses it started from."""
         self.optimizer.zero_grad(set_to_none=True)
         content, style = self.losses()
         (content + style).sum().backward()
         self.optimizer.step()
         return content.detach(), style.detach()
 
+    def run(self, iterations, observe):
+        """Optimise for `iterations` loss evaluations, calling observe(i, content, style)
+        after each; observe may raise to stop. Returns True if the optimiser itself
+        stopped before the count (L-BFGS finding no further descent)."""
+        if self.optimizer_name == "lbfgs":
+            return self._run_lbfgs(iterations, observe)
+        step = self.step
+        for i in range(1, iterations + 1):
+            if i == 1 and self.device.type == "cuda" and iterations > 1:
+                step, losses = graphed(self.step)
+            else:
+                losses = step()
+            observe(i, *losses)
+        return False
+
+    def _run_lbfgs(self, iterations, observe):
+        # One optimizer.step() holds all iterations: each new call would spend an extra
+        # evaluation on the point the line search has just evaluated.
+        self.optimizer.param_groups[0].update(max_iter=iterations, max_eval=iterations)
+        count = 0
+
+        def closure():
+            nonlocal count
+            self.optimizer.zero_grad()
+            content, style = self.losses()
+            total = (content + style).sum()
+            total.backward()
+            count += 1
+            observe(count, content.detach(), style.detach())
+            if count >= iterations:
+                raise _Budget
+            return total
+        try:
+            self.optimizer.step(closure)
+        except _Budget:
+            return False
+        return True
+
     def result(self):
         """The generated log spectrograms, each cut back to its clip's length."""
         spec = self.spec.detach().cpu().numpy()
         return [spec[i, :, :n] for i, n in enumerate(self.frames)]
+
+
+class _Budget(Exception):
+    """Raised inside the L-BFGS closure once the evaluation budget is spent."""
+
+
+class Converged(Exception):
+    """The stopping rule fired; the message says why."""
 
 
 def graphed(step):
@@ -194,7 +267,7 @@ def graphed(step):
     Each iteration is then one graph launch instead of some twenty kernel launches
     driven from Python, which is what dominates a step this small. Returns a function
     that replays it and yields the same outputs, and the warm-up's outputs: the warm-up
-    is a real iteration.
+    is a real iteration. Falls back to `step` itself if the graph cannot be captured.
     """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -202,8 +275,12 @@ def graphed(step):
         first = step()  # allocates Adam's state and autograd's buffers outside the graph
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = step()
+    try:
+        with torch.cuda.graph(graph):
+            static = step()
+    except Exception as e:  # an op or driver that cannot be captured: run eagerly
+        log(f"CUDA graph capture failed ({e}); running eagerly")
+        return step, first
 
     def replay():
         graph.replay()
@@ -211,62 +288,87 @@ def graphed(step):
     return replay, first
 
 
-def optimise(transfer, epochs, print_interval=1000, plot_interval=100, progress=True):
-    """Run `epochs` iterations; Ctrl-C stops early. Returns (history, steps_done, seconds).
+class Monitor:
+    """Watches the losses as they come: progress bar, printed lines, the points of the
+    loss curve, and the stopping rule (-tol over -tol_window iterations)."""
 
-    history: list of (step, content (B,), style (B,)) at step 1, every plot_interval and
-    the last step done.
+    def __init__(self, total, print_interval=1000, plot_interval=100, tol=None, window=200,
+                 on_gpu=False, progress=True):
+        self.total, self.print_interval, self.plot_interval = total, print_interval, plot_interval
+        self.tol, self.window = tol, window
+        self.refresh = 100 if on_gpu else 10  # reading a loss makes the GPU wait: seldom
+        self.history, self.done, self.last = [], 0, None
+        self.recent = collections.deque()  # (iteration, total loss) where it was read
+        self.bar = tqdm(total=total, disable=not progress, unit="it", dynamic_ncols=True,
+                        desc="transfer", file=sys.stderr)
+
+    def __call__(self, i, content, style):
+        self.done, self.last = i, (content, style)
+        if i == 1 or i % self.plot_interval == 0 or i == self.total:
+            self.record()
+        if i % self.refresh and i % self.print_interval and i != self.total:
+            return
+        c, s = float(content.sum()), float(style.sum())
+        self.bar.set_postfix(content=f"{c:.4g}", style=f"{s:.4g}", total=f"{c + s:.4g}",
+                             refresh=False)
+        self.bar.update(i - self.bar.n)
+        if i % self.print_interval == 0:
+            log(f"step {i}: content {c:.4f}  style {s:.4f}  total {c + s:.4f}")
+        if self.tol is None:
+            return
+        self.recent.append((i, c + s))
+        while len(self.recent) > 1 and self.recent[1][0] <= i - self.window:
+            self.recent.popleft()
+        then_i, then = self.recent[0]
+        if then_i <= i - self.window and then - (c + s) < self.tol * then:
+            raise Converged(f"total loss fell {100 * (then - c - s) / then:.3g}% over the last "
+                            f"{self.window} iterations, less than -tol {100 * self.tol:g}%")
+
+    def record(self):
+        """Add the latest losses to the curve (once per iteration)."""
+        if self.last is not None and (not self.history or self.history[-1][0] != self.done):
+            self.history.append((self.done, *(x.cpu().numpy().copy() for x in self.last)))
+
+    def close(self):
+        self.record()
+        self.bar.close()
+
+
+def optimise(transfer, epochs, print_interval=1000, plot_interval=100, tol=None, window=200,
+             progress=True):
+    """Run up to `epochs` iterations; Ctrl-C or the stopping rule ends it early.
+
+    Returns (history, iterations done, seconds, why it stopped). history: list of
+    (step, content (B,), style (B,)) at step 1, every plot_interval and the last step.
     """
-    history, done, bar = [], 0, None
     on_gpu = transfer.device.type == "cuda"
-    refresh = 100 if on_gpu else 10  # reading a loss makes the GPU wait; do it seldom
+    monitor = Monitor(epochs, print_interval, plot_interval, tol, window, on_gpu, progress)
     start = time.perf_counter()
-    step = transfer.step
     try:
-        bar = tqdm(total=epochs, disable=not progress, unit="it", dynamic_ncols=True,
-                   desc="transfer", file=sys.stderr)
-        for i in range(1, epochs + 1):
-            if on_gpu and i == 1 and epochs > 1:
-                try:
-                    step, losses = graphed(transfer.step)
-                except Exception as e:  # a driver or op that cannot be captured: run eagerly
-                    log(f"CUDA graph capture failed ({e}); running eagerly")
-                    step, losses = transfer.step, transfer.step()
-            else:
-                losses = step()
-            done = i
-            if i == 1 or i % plot_interval == 0 or i == epochs:
-                history.append((i, *(loss.cpu().numpy().copy() for loss in losses)))
-            if i % refresh == 0 or i == epochs or i % print_interval == 0:
-                content, style = (float(loss.sum()) for loss in losses)
-                bar.set_postfix(content=f"{content:.4g}", style=f"{style:.4g}",
-                                total=f"{content + style:.4g}", refresh=False)
-                bar.update(i - bar.n)
-                if i % print_interval == 0:
-                    log(f"step {i}: content {content:.4f}  style {style:.4f}  "
-                        f"total {content + style:.4f}")
+        gave_up = transfer.run(epochs, monitor)
+        why = ("L-BFGS found no further descent" if gave_up else f"ran all {epochs} iterations")
+    except Converged as e:
+        why = f"converged: {e}"
     except KeyboardInterrupt:
-        if on_gpu:
-            torch.cuda.synchronize()
-        if history and history[-1][0] != done and done > 0:
-            history.append((done, *(loss.cpu().numpy().copy() for loss in losses)))
-        log(f"interrupted at step {done}: writing what the spectrogram has reached")
+        why = "interrupted (Ctrl-C): writing what the spectrogram has reached"
     if on_gpu:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
-    return history, done, seconds
+    monitor.close()
+    log(f"stopped at step {monitor.done}: {why}")
+    return monitor.history, monitor.done, seconds, why
 
 
 # ------------------------------------------------------------------------------ outputs
 
-def write_outputs(out_dir, name, content_spec, style_spec, generated, n_samples, history,
+def write_outputs(out_dir, name, content_audio, content_spec, style_spec, generated, history,
                   index, args, device):
     """Everything one clip's run produces; each file appears whole or not at all."""
     base = os.path.join(out_dir, name)
-    audio = utils.griffin_lim(generated, n_samples, iters=args.griffin_lim_iters,
-                              seed=args.seed, device=device)
+    phase = np.angle(utils.stft(content_audio)) if args.phase == "content" else None
+    audio = utils.griffin_lim(generated, len(content_audio), iters=args.griffin_lim_iters,
+                              phase=phase, momentum=args.griffin_lim_momentum, seed=args.seed,
+                              device=device)
     utils.save_wav(base + ".wav", audio)
     utils.plot_spectrograms([("content", content_spec), ("style", style_spec),
                              ("generated", generated)], base + "_spectrograms.png")
@@ -294,22 +396,24 @@ def run(args):
     style_spec = utils.log_spectrogram(style)
     kernel = tuple(int(k) for k in args.kernel.split("x"))
     transfer = Transfer(content_specs, style_spec, device=device, seed=args.seed, kernel=kernel,
+                        channels=args.channels,
                         content_weight=args.content_weight, style_weight=args.style_weight,
-                        learning_rate=args.learning_rate, style_form=args.style_form,
+                        learning_rate=args.learning_rate, optimizer=args.optimizer,
+                        init=args.init, style_form=args.style_form,
                         normalize_gram=args.normalize_gram)
     log(f"{len(files)} content clip(s) {transfer.frames} frames, style {style_spec.shape[1]} "
         f"frames, on {device}, style loss in {transfer.style_loss.form} form")
-    history, done, seconds = optimise(transfer, args.epochs, args.print_interval,
-                                      args.plot_interval)
+    history, done, seconds, why = optimise(transfer, args.epochs, args.print_interval,
+                                           args.plot_interval, args.tol, args.tol_window)
     if done:
         log(f"{done} iterations in {seconds:.1f} s ({1000 * seconds / done:.2f} ms each)")
     written = []
     for i, generated in enumerate(transfer.result()):
-        written += write_outputs(args.output, names[i], content_specs[i], style_spec, generated,
-                                 len(contents[i]), history, i, args, device)
+        written += write_outputs(args.output, names[i], contents[i], content_specs[i],
+                                 style_spec, generated, history, i, args, device)
     for path in written:
         print(path)
-    return 130 if done < args.epochs else 0
+    return 130 if why.startswith("interrupted") else 0
 
 
 def main(argv=None):

@@ -133,7 +133,7 @@ def test_ctrl_c_keeps_the_work_done(clips, tmp_path):
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
-    assert "interrupted at step" in stderr and "Traceback" not in stderr
+    assert "interrupted (Ctrl-C)" in stderr and "Traceback" not in stderr
     assert sorted(os.listdir(out)) == ["low_as_high.wav", "low_as_high_loss.png",
                                        "low_as_high_spectrograms.png"]
 
@@ -205,3 +205,42 @@ def test_content_folder_expands_to_its_clips(tmp_path, tone):
     found = train.content_paths([str(tmp_path)])
     assert [os.path.basename(p) for p in found] == ["a.flac", "b.wav"]
     assert train.output_names(["x/a.wav", "y/a.wav"], "s.wav") == ["a_as_s", "a_as_s_2"]
+
+
+@pytest.mark.parametrize("optimizer, lr", [("adam", 0.05), ("lbfgs", None)])
+def test_each_optimiser_lowers_the_loss(tone, optimizer, lr):
+    content, _, style = _specs(tone)
+    t = _transfer([content], style, optimizer=optimizer, learning_rate=lr)
+    seen = []
+    t.run(60, lambda i, c, s: seen.append((c + s).item()))
+    assert len(seen) == 60
+    assert seen[-1] < 0.5 * seen[0]
+
+
+def test_init_content_starts_at_zero_content_loss(tone):
+    content, _, style = _specs(tone)
+    t = _transfer([content], style, init="content")
+    c, s = t.losses()
+    assert c.item() == 0 and s.item() > 0
+    np.testing.assert_array_equal(t.result()[0], content)
+
+
+def test_stopping_rule_stops_and_says_why(tone, capsys):
+    """L-BFGS on a small problem flattens fast: -tol must end the run long before the
+    iteration budget, at a point where the loss really had stopped falling."""
+    content, _, style = _specs(tone)
+    t = _transfer([content], style, optimizer="lbfgs")
+    history, done, _, why = train.optimise(t, 5000, tol=1e-3, window=50, progress=False)
+    assert done < 5000
+    assert why.startswith("converged: total loss fell")
+    assert f"stopped at step {done}: converged" in capsys.readouterr().err
+    totals = [float(c.sum() + s.sum()) for _, c, s in history]
+    assert totals[-1] < totals[0]
+
+
+def test_without_tol_all_iterations_run(tone):
+    content, _, style = _specs(tone)
+    t = _transfer([content], style)
+    history, done, _, why = train.optimise(t, 25, plot_interval=10, progress=False)
+    assert done == 25 and why == "ran all 25 iterations"
+    assert [h[0] for h in history] == [1, 10, 20, 25]
