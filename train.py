@@ -52,8 +52,12 @@ def number(kind, low, low_ok=True):
     return parse
 
 
+def ratio(text):
+    return text if text == "auto" else number(float, 0, low_ok=False)(text)
+
+
 def build_parser():
-    p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[1],
+    p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0],
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-content", nargs="+", default=[os.path.join(HERE, "input", "male.wav")],
                    help="content clip(s) or folder(s) of clips; several are optimised as one batch")
@@ -62,9 +66,12 @@ def build_parser():
     p.add_argument("-output", default="output", help="folder for the results")
     p.add_argument("-content_weight", type=number(float, 0), default=100.0)
     p.add_argument("-style_weight", type=number(float, 0), default=1.0)
-    p.add_argument("-epochs", type=number(int, 0), default=20000,
-                   help="iterations (for L-BFGS: loss evaluations, each costing one Adam step)")
-    p.add_argument("-optimizer", choices=["adam", "lbfgs"], default="adam")
+    p.add_argument("-epochs", type=number(int, 0), default=None,
+                   help="iterations; for L-BFGS, loss evaluations, each costing one Adam "
+                        "iteration (default: 20000 for adam, as the reference; 300 for lbfgs)")
+    p.add_argument("-optimizer", choices=["adam", "lbfgs"], default="lbfgs",
+                   help="lbfgs reaches the loss of the reference's 20000 Adam iterations in "
+                        "a few hundred evaluations; adam is the reference's")
     p.add_argument("-learning_rate", type=number(float, 0, low_ok=False), default=None,
                    help="Adam's step size (default 0.001); for L-BFGS, the scale of its "
                         "first step before line search (default 1)")
@@ -74,10 +81,12 @@ def build_parser():
                    help="stop when the total loss falls by less than this fraction "
                         "over -tol_window iterations")
     p.add_argument("-tol_window", type=number(int, 1), default=200)
-    p.add_argument("-print_interval", type=number(int, 1), default=1000,
-                   help="print the losses every this many iterations")
-    p.add_argument("-plot_interval", type=number(int, 1), default=100,
-                   help="record a point of the loss curve every this many iterations")
+    p.add_argument("-print_interval", type=number(int, 1), default=None,
+                   help="print the losses every this many iterations (default: a tenth of "
+                        "the run)")
+    p.add_argument("-plot_interval", type=number(int, 1), default=None,
+                   help="record a point of the loss curve every this many iterations "
+                        "(default: 200 points in all)")
     p.add_argument("-seed", type=int, default=0,
                    help="random CNN weights, initial spectrogram and Griffin-Lim phase")
     p.add_argument("-device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -95,6 +104,13 @@ def build_parser():
                         "or whichever is cheaper for the clips")
     p.add_argument("-normalize_gram", action="store_true",
                    help="divide each Gram by its clip's frame count (the reference does not)")
+    p.add_argument("-pitch_ratio", type=ratio, default=1.0,
+                   help="before the transfer, move the content's harmonics up by this factor "
+                        "(its spectral envelope stays); 'auto': the style's median F0 over "
+                        "the content's")
+    p.add_argument("-formant_ratio", type=number(float, 0, low_ok=False), default=1.0,
+                   help="before the transfer, stretch the content's spectral envelope "
+                        "(formants) along frequency by this factor")
     p.add_argument("-save_spectrogram", action="store_true",
                    help="also save the optimised log spectrogram as <name>_spectrogram.npy")
     return p
@@ -383,16 +399,28 @@ def write_outputs(out_dir, name, content_audio, content_spec, style_spec, genera
     return [base + ".wav", base + "_spectrograms.png", base + "_loss.png"]
 
 
-def run(args):
-    device = pick_device(args.device)
-    torch.manual_seed(args.seed)
-    files = content_paths(args.content)
-    contents = [utils.load_audio(f) for f in files]  # every input is checked before any work
-    style = utils.load_audio(args.style)
-    utils.check_writable_dir(args.output)
-    names = output_names(files, args.style)
+def pitch_ratio(setting, content, style):
+    """The factor -pitch_ratio asks for: a number as given, or for 'auto' the style's
+    median F0 over the content's."""
+    if setting != "auto":
+        return setting
+    f0_content, f0_style = utils.median_f0(content), utils.median_f0(style)
+    if f0_content is None or f0_style is None:
+        raise UsageError(f"-pitch_ratio auto: no voiced frames in the "
+                         f"{'content' if f0_content is None else 'style'} clip to measure "
+                         f"its pitch; give a number")
+    log(f"-pitch_ratio auto: style {f0_style:.0f} Hz / content {f0_content:.0f} Hz = "
+        f"{f0_style / f0_content:.3f}")
+    return f0_style / f0_content
 
+
+def make_transfer(args, contents, style, device):
+    """The content and style log spectrograms and the Transfer that `args` ask for, from
+    the waveforms; shared with sweep.py."""
     content_specs = [utils.log_spectrogram(y) for y in contents]
+    if args.pitch_ratio != 1 or args.formant_ratio != 1:
+        content_specs = [utils.shift_pitch_formants(y, pitch_ratio(args.pitch_ratio, y, style),
+                                                    args.formant_ratio) for y in contents]
     style_spec = utils.log_spectrogram(style)
     kernel = tuple(int(k) for k in args.kernel.split("x"))
     transfer = Transfer(content_specs, style_spec, device=device, seed=args.seed, kernel=kernel,
@@ -401,6 +429,26 @@ def run(args):
                         learning_rate=args.learning_rate, optimizer=args.optimizer,
                         init=args.init, style_form=args.style_form,
                         normalize_gram=args.normalize_gram)
+    return content_specs, style_spec, transfer
+
+
+DEFAULT_EPOCHS = {"adam": 20000, "lbfgs": 300}
+
+
+def run(args):
+    if args.epochs is None:
+        args.epochs = DEFAULT_EPOCHS[args.optimizer]
+    args.print_interval = args.print_interval or max(1, args.epochs // 10)
+    args.plot_interval = args.plot_interval or max(1, args.epochs // 200)
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    files = content_paths(args.content)
+    contents = [utils.load_audio(f) for f in files]  # every input is checked before any work
+    style = utils.load_audio(args.style)
+    utils.check_writable_dir(args.output)
+    names = output_names(files, args.style)
+
+    content_specs, style_spec, transfer = make_transfer(args, contents, style, device)
     log(f"{len(files)} content clip(s) {transfer.frames} frames, style {style_spec.shape[1]} "
         f"frames, on {device}, style loss in {transfer.style_loss.form} form")
     history, done, seconds, why = optimise(transfer, args.epochs, args.print_interval,
