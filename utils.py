@@ -100,6 +100,41 @@ def log_spectrogram(y, n_fft=N_FFT):
     return np.log1p(np.abs(stft(y, n_fft))).astype(np.float32)
 
 
+def median_f0(y, sr=SAMPLE_RATE):
+    """Median fundamental frequency in Hz over the voiced frames (librosa's pYIN,
+    60-600 Hz), or None if no frame is voiced."""
+    f0, voiced, _ = librosa.pyin(y, fmin=60, fmax=600, sr=sr, frame_length=2048)
+    return float(np.median(f0[voiced])) if np.any(voiced) else None
+
+
+def _stretch_bins(A, ratio):
+    """A(f) -> A(f / ratio) along axis 0, linearly interpolated; the top bin is held
+    where f / ratio runs past it."""
+    src = np.minimum(np.arange(A.shape[0]) / ratio, A.shape[0] - 1)
+    low = np.floor(src).astype(int)
+    high = np.minimum(low + 1, A.shape[0] - 1)
+    frac = (src - low)[:, None]
+    return A[low] * (1 - frac) + A[high] * frac
+
+
+def shift_pitch_formants(y, pitch_ratio=1.0, formant_ratio=1.0, n_fft=N_FFT, lifter=30):
+    """The log spectrogram (as log_spectrogram) of `y` with its harmonics moved up by
+    `pitch_ratio` and its spectral envelope (formants) by `formant_ratio`, timing kept.
+
+    Source-filter split by cepstral smoothing: the envelope is the log magnitude with
+    every quefrency at or past `lifter` samples (1.4 ms at 22050 Hz, below any speaking
+    pitch period) zeroed; the rest, the harmonic fine structure, is what pitch is. Each is
+    stretched along the frequency axis by its ratio and the two are added back.
+    """
+    log_mag = np.log(np.abs(stft(y, n_fft)) + 1e-6)
+    cepstrum = np.fft.irfft(log_mag, n=n_fft, axis=0)
+    cepstrum[lifter:n_fft - lifter + 1] = 0
+    envelope = np.fft.rfft(cepstrum, axis=0).real
+    fine = log_mag - envelope
+    shifted = _stretch_bins(envelope, formant_ratio) + _stretch_bins(fine, pitch_ratio)
+    return np.log1p(np.exp(shifted)).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------- Griffin-Lim
 
 def _librosa_pair(n_fft, length):

@@ -40,6 +40,7 @@ def test_end_to_end_writes_wav_and_pictures(clips, tmp_path):
     content, style = clips
     out = tmp_path / "out"
     result = run_cli("-content", content, "-style", style, "-epochs", "30", "-output", str(out),
+                     "-optimizer", "adam",
                      "-content_weight", "50", "-style_weight", "2.5", "-learning_rate", "0.01",
                      "-print_interval", "10", "-griffin_lim_iters", "10")
     assert result.returncode == 0, result.stderr

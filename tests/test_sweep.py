@@ -1,0 +1,69 @@
+"""sweep.py: a style-weight sweep end to end on the shipped clips, and its errors."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+import sweep
+from conftest import ROOT
+
+MALE, FEMALE = (os.path.join(ROOT, "input", f) for f in ("male.wav", "female.wav"))
+
+
+def _is_png(path):
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "sweep.py"), "-content", MALE, "-style", FEMALE,
+         "-weights", "10,0.5", "-epochs", "15", "-griffin_lim_iters", "8", "-output", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    png, table = out / "sweep_male_female.png", out / "sweep_male_female.csv"
+    assert result.stdout.strip().splitlines()[-2:] == [str(table), str(png)]
+    assert _is_png(png) and os.path.getsize(png) > 10_000
+
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == sweep.COLUMNS
+    assert [r["style_weight"] for r in rows] == ["0.5", "10"]  # sorted, as given
+    for r in rows:
+        margin, stoi = float(r["margin"]), float(r["stoi"])
+        sim_style, sim_content = float(r["sim_style"]), float(r["sim_content"])
+        assert margin == pytest.approx(sim_style - sim_content, abs=1e-5)
+        assert -1 <= sim_style <= 1 and -1 <= sim_content <= 1
+        assert 0 < stoi <= 1
+        assert float(r["seconds"]) > 0
+        assert os.path.exists(r["file"]) and r["file"].endswith(".wav")
+        assert os.path.dirname(r["file"]) == str(out / "sweep_male_female")
+    # the heavier style weight pulls the spectrogram off the content: words are lost
+    low, high = rows
+    assert float(high["content_loss"]) > float(low["content_loss"])
+    assert float(high["stoi"]) < float(low["stoi"])
+
+
+def test_weights_must_be_numbers(capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep.build_parser().parse_args(["-weights", "1,x"])
+    assert e.value.code == 2
+    assert "not a comma-separated list of numbers" in capsys.readouterr().err
+
+
+def test_style_weight_is_refused(tmp_path, capsys):
+    code = sweep.main(["-style_weight", "3", "-output", str(tmp_path / "o"), "-epochs", "1"])
+    assert code == 2
+    assert "give -weights" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_options_pass_through():
+    args = sweep.build_parser().parse_args(["-kernel", "3x3", "-phase", "content",
+                                            "-weights", "3,1"])
+    assert (args.kernel, args.phase, args.weights) == ("3x3", "content", [1.0, 3.0])
+    assert (args.optimizer, args.epochs) == ("lbfgs", 300)
