@@ -24,6 +24,7 @@ import numpy as np
 import scipy.signal
 
 import utils
+from train import OneLineParser
 
 COLUMNS = ["file", "sim_style", "sim_content", "margin", "stoi", "lsd_db"]
 ENCODER_RATE = 16000  # what Resemblyzer's encoder was trained on
@@ -183,11 +184,6 @@ def evaluate(content, style, generated_paths, encoder=None):
 
 
 # ------------------------------------------------------------------------------ command line
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints the whole usage; one line says enough
-        self.exit(2, f"{self.prog}: error: {message} (see -h)\n")
-
 
 def build_parser():
     intro, _, columns = __doc__.split("\n\n", 2)  # the columns' meanings close the help

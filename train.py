@@ -259,8 +259,13 @@ class Transfer:
             return total
         try:
             self.optimizer.step(closure)
-        except _Budget:
-            return False
+        except BaseException as stop:  # the budget, the stopping rule or Ctrl-C
+            # Stopped inside a line search: the history is half-updated, so drop it; a
+            # later run() starts L-BFGS afresh from where the spectrogram is.
+            self.optimizer.state.clear()
+            if isinstance(stop, _Budget):
+                return False
+            raise
         return True
 
     def result(self):

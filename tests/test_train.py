@@ -245,3 +245,13 @@ def test_without_tol_all_iterations_run(tone):
     history, done, _, why = train.optimise(t, 25, plot_interval=10, progress=False)
     assert done == 25 and why == "ran all 25 iterations"
     assert [h[0] for h in history] == [1, 10, 20, 25]
+
+
+def test_lbfgs_runs_can_follow_each_other(tone):
+    """A run stops L-BFGS inside a line search; the next run must start cleanly."""
+    content, _, style = _specs(tone)
+    t = _transfer([content], style, optimizer="lbfgs")
+    seen = []
+    t.run(7, lambda i, c, s: seen.append((c + s).item()))
+    t.run(7, lambda i, c, s: seen.append((c + s).item()))
+    assert len(seen) == 14 and seen[-1] < seen[0]
