@@ -20,7 +20,6 @@ import os
 import sys
 import time
 
-import torch
 
 import evaluate
 import train
@@ -120,9 +119,7 @@ def run(args, parser):
     if len(args.content) != 1:
         raise train.UsageError(f"-content: give one clip, not {len(args.content)}")
     args.content = args.content[0]
-    # as train.py: the intervals follow -epochs unless given
-    args.print_interval = args.print_interval or max(1, args.epochs // 10)
-    args.plot_interval = args.plot_interval or max(1, args.epochs // 200)
+    train.settle_defaults(args)
     device = train.pick_device(args.device)
     content = utils.load_audio(args.content)
     style = utils.load_audio(args.style)
@@ -137,7 +134,6 @@ def run(args, parser):
           f"{'seconds':>7}", flush=True)
     for w in args.weights:
         args.style_weight = w
-        torch.manual_seed(args.seed)
         start = time.perf_counter()
         content_specs, style_spec, transfer = train.make_transfer(args, [content], style,
                                                                   device)

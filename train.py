@@ -422,10 +422,11 @@ def pitch_ratio(setting, content, style):
 def make_transfer(args, contents, style, device):
     """The content and style log spectrograms and the Transfer that `args` ask for, from
     the waveforms; shared with sweep.py."""
-    content_specs = [utils.log_spectrogram(y) for y in contents]
     if args.pitch_ratio != 1 or args.formant_ratio != 1:
         content_specs = [utils.shift_pitch_formants(y, pitch_ratio(args.pitch_ratio, y, style),
                                                     args.formant_ratio) for y in contents]
+    else:
+        content_specs = [utils.log_spectrogram(y) for y in contents]
     style_spec = utils.log_spectrogram(style)
     kernel = tuple(int(k) for k in args.kernel.split("x"))
     transfer = Transfer(content_specs, style_spec, device=device, seed=args.seed, kernel=kernel,
@@ -440,13 +441,18 @@ def make_transfer(args, contents, style, device):
 DEFAULT_EPOCHS = {"adam": 20000, "lbfgs": 300}
 
 
-def run(args):
+def settle_defaults(args):
+    """The defaults that follow other flags: the budget follows the optimiser, the print and
+    plot intervals follow the budget."""
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS[args.optimizer]
     args.print_interval = args.print_interval or max(1, args.epochs // 10)
     args.plot_interval = args.plot_interval or max(1, args.epochs // 200)
+
+
+def run(args):
+    settle_defaults(args)
     device = pick_device(args.device)
-    torch.manual_seed(args.seed)
     files = content_paths(args.content)
     contents = [utils.load_audio(f) for f in files]  # every input is checked before any work
     style = utils.load_audio(args.style)
