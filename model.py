@@ -137,7 +137,7 @@ class StyleLoss(nn.Module):
         _, C, H, Ts = style_features.shape
         S = style_features.flatten(1, 2)[0]  # (N, Ts)
         self.form = cheaper_style_form(gen_frames, Ts, C * H) if form == "auto" else form
-        self.C, self.H, self.normalize = C, H, normalize
+        self.normalize = normalize
         self.style_scale = 1.0 / Ts if normalize else 1.0
         if self.form == "time":
             # ||S S^T||^2 = ||S^T S||^2, constant: computed once, in float64 because the
