@@ -404,27 +404,34 @@ def write_outputs(out_dir, name, content_audio, content_spec, style_spec, genera
     return [base + ".wav", base + "_spectrograms.png", base + "_loss.png"]
 
 
-def pitch_ratio(setting, content, style):
-    """The factor -pitch_ratio asks for: a number as given, or for 'auto' the style's
-    median F0 over the content's."""
+def pitch_ratios(setting, contents, style):
+    """The factor -pitch_ratio asks for, per content clip: a number as given, or for
+    'auto' the style's median F0 over that clip's (the style's is measured once)."""
     if setting != "auto":
-        return setting
-    f0_content, f0_style = utils.median_f0(content), utils.median_f0(style)
-    if f0_content is None or f0_style is None:
-        raise UsageError(f"-pitch_ratio auto: no voiced frames in the "
-                         f"{'content' if f0_content is None else 'style'} clip to measure "
-                         f"its pitch; give a number")
-    log(f"-pitch_ratio auto: style {f0_style:.0f} Hz / content {f0_content:.0f} Hz = "
-        f"{f0_style / f0_content:.3f}")
-    return f0_style / f0_content
+        return [setting] * len(contents)
+    f0_style = utils.median_f0(style)
+    if f0_style is None:
+        raise UsageError("-pitch_ratio auto: no voiced frames in the style clip to measure "
+                         "its pitch; give a number")
+    ratios = []
+    for y in contents:
+        f0_content = utils.median_f0(y)
+        if f0_content is None:
+            raise UsageError("-pitch_ratio auto: no voiced frames in the content clip to "
+                             "measure its pitch; give a number")
+        log(f"-pitch_ratio auto: style {f0_style:.0f} Hz / content {f0_content:.0f} Hz = "
+            f"{f0_style / f0_content:.3f}")
+        ratios.append(f0_style / f0_content)
+    return ratios
 
 
 def make_transfer(args, contents, style, device):
     """The content and style log spectrograms and the Transfer that `args` ask for, from
     the waveforms; shared with sweep.py."""
     if args.pitch_ratio != 1 or args.formant_ratio != 1:
-        content_specs = [utils.shift_pitch_formants(y, pitch_ratio(args.pitch_ratio, y, style),
-                                                    args.formant_ratio) for y in contents]
+        ratios = pitch_ratios(args.pitch_ratio, contents, style)
+        content_specs = [utils.shift_pitch_formants(y, r, args.formant_ratio)
+                         for y, r in zip(contents, ratios)]
     else:
         content_specs = [utils.log_spectrogram(y) for y in contents]
     style_spec = utils.log_spectrogram(style)
