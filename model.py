@@ -61,7 +61,9 @@ def content_loss(gen_features, content_features, frames=None):
     """
     _, C, H, _ = gen_features.shape
     frames = _frame_counts(gen_features, frames)
-    squared = (gen_features - content_features).pow(2).sum(dim=(1, 2, 3))
+    # Summed into float64: L-BFGS compares successive losses, and float32's rounding at
+    # the loss's size would hide the small changes near a flat start and end it early.
+    squared = (gen_features - content_features).pow(2).sum(dim=(1, 2, 3), dtype=torch.float64)
     return squared / (4 * C * H * frames)
 
 
@@ -156,8 +158,8 @@ class StyleLoss(nn.Module):
             A = A / frames.sqrt().view(-1, 1, 1)
         if self.form == "time":
             S = self.S * self.style_scale ** 0.5
-            squared = (_TimeFormStyle.apply(A, S) + self.const).to(A.dtype)
+            squared = _TimeFormStyle.apply(A, S) + self.const  # float64, as content_loss
         else:
             diff = A @ A.transpose(1, 2) - self.gram
-            squared = diff.pow(2).sum(dim=(1, 2))
+            squared = diff.pow(2).sum(dim=(1, 2), dtype=torch.float64)
         return squared / (4 * C * C * H * frames)
