@@ -1,16 +1,18 @@
 """Sweep the style weight of one transfer and picture the trade-off it makes.
 
-    python sweep.py -content a.wav -style b.wav -weights 1,10,100,1000
+    python sweep.py -content a.wav -style b.wav -weights 1,10,100,1000 [-seeds 0,1,2]
 
-Runs train.py's transfer once per style weight (any other train.py option is passed
-through, e.g. -kernel 3x3 or -phase content), measures each result with evaluate.py,
-and writes into -output (default output/):
+Runs train.py's transfer once per style weight and seed (any other train.py option is
+passed through, e.g. -kernel 3x3 or -phase content), measures each result with
+evaluate.py, and writes into -output (default output/):
     sweep_<content>_<style>.png   speaker margin (sim_style - sim_content) against STOI,
-                                  one point per weight, with the target lines
-    sweep_<content>_<style>.csv   the same figures, one row per weight
+                                  one point per weight and seed, with the target lines
+    sweep_<content>_<style>.csv   the same figures, one row per weight and seed
     sweep_<content>_<style>/      each weight's wav and pictures, as train.py writes them
 A larger style weight moves the voice toward the style speaker and costs words; the
-picture shows where a pair of clips lands so the weight can be picked by eye.
+picture shows where a pair of clips lands so the weight can be picked by eye. The
+random CNN's seed moves a result by a few hundredths of margin and STOI; -seeds runs each
+weight with several, and the picture joins their means.
 Defaults use L-BFGS for 300 loss evaluations, which reaches a lower loss than the
 reference's 20000 Adam steps and takes seconds to a minute per weight on a CPU.
 """
@@ -26,7 +28,7 @@ import train
 import utils
 
 TARGET_MARGIN, TARGET_STOI = 0.15, 0.80  # issue 5's target: this margin or more at this STOI
-COLUMNS = ["style_weight", "margin", "stoi", "sim_style", "sim_content", "lsd_db",
+COLUMNS = ["style_weight", "seed", "margin", "stoi", "sim_style", "sim_content", "lsd_db",
            "content_loss", "style_loss", "seconds", "file"]
 
 
@@ -38,6 +40,16 @@ def weight_list(text):
     if not weights or any(not w >= 0 or w == float("inf") for w in weights):
         raise argparse.ArgumentTypeError(f"need one or more finite weights >= 0, got {text!r}")
     return sorted(set(weights))
+
+
+def seed_list(text):
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}")
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"need one or more seeds, got {text!r}")
+    return list(dict.fromkeys(seeds))  # as given, repeats dropped
 
 
 def build_parser():
@@ -52,6 +64,8 @@ def build_parser():
             action.help = "not used here: give -weights"
     p.add_argument("-weights", type=weight_list, default=weight_list("1,10,30,100"),
                    help="comma-separated style weights to try")
+    p.add_argument("-seeds", type=seed_list, default=None,
+                   help="comma-separated seeds to run each weight with (default: -seed)")
     p.set_defaults(optimizer="lbfgs", epochs=300, style_weight=None)
     return p
 
@@ -62,25 +76,34 @@ def weight_text(w):
 
 def setting_text(args, parser):
     """The options that differ from sweep.py's defaults, for the picture's title."""
-    skip = {"content", "style", "output", "weights", "style_weight", "print_interval",
-            "plot_interval", "device", "save_spectrogram", "style_form", "optimizer", "epochs"}
+    skip = {"content", "style", "output", "weights", "seeds", "seed", "style_weight",
+            "print_interval", "plot_interval", "device", "save_spectrogram", "style_form",
+            "optimizer", "epochs"}
     parts = [f"-{k} {v}" if v is not True else f"-{k}" for k, v in sorted(vars(args).items())
              if k not in skip and v != parser.get_default(k)]
     steps = "iterations" if args.optimizer == "adam" else "evaluations"
-    return (f"{args.optimizer}, {args.epochs} {steps}; "
+    seeds = args.seeds or [args.seed]
+    seeds = f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+    return (f"{args.optimizer}, {args.epochs} {steps}, {seeds}; "
             + (" ".join(parts) or "other options as train.py's defaults"))
 
 
 def plot(rows, path, title):
     plt = utils._pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6), constrained_layout=True)
-    x = [r["stoi"] for r in rows]
-    y = [r["margin"] for r in rows]
-    ax.plot(x, y, "-", color="0.7", zorder=1)
-    ax.scatter(x, y, c=range(len(rows)), cmap="viridis", s=40, zorder=2)
-    for r in rows:
-        ax.annotate(f"w={weight_text(r['style_weight'])}", (r["stoi"], r["margin"]),
-                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+    weights = sorted({r["style_weight"] for r in rows})
+    colours = plt.get_cmap("viridis")([i / max(1, len(weights) - 1) for i in range(len(weights))])
+    means = []
+    for w, colour in zip(weights, colours):
+        mine = [r for r in rows if r["style_weight"] == w]
+        x, y = [r["stoi"] for r in mine], [r["margin"] for r in mine]
+        ax.scatter(x, y, color=colour, s=40 if len(mine) == 1 else 18, zorder=2)
+        means.append((sum(x) / len(x), sum(y) / len(y)))
+        label = f"w={weight_text(w)}" + (f" (mean of {len(mine)})" if len(mine) > 1 else "")
+        if len(mine) > 1:
+            ax.scatter(*means[-1], color=colour, marker="D", s=50, edgecolor="k", zorder=3)
+        ax.annotate(label, means[-1], textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.plot(*zip(*means), "-", color="0.7", zorder=1)
     ax.axhline(TARGET_MARGIN, color="tab:red", ls="--", lw=1,
                label=f"target: margin >= {TARGET_MARGIN:+.2f}")
     ax.axvline(TARGET_STOI, color="tab:blue", ls="--", lw=1,
@@ -106,8 +129,8 @@ def write_csv(path, rows):
             out = csv.writer(f)
             out.writerow(COLUMNS)
             for r in rows:
-                out.writerow([weight_text(r["style_weight"])]
-                             + [("" if r[k] is None else f"{r[k]:.6g}") for k in COLUMNS[1:-1]]
+                out.writerow([weight_text(r["style_weight"]), r["seed"]]
+                             + [("" if r[k] is None else f"{r[k]:.6g}") for k in COLUMNS[2:-1]]
                              + [r["file"]])
     utils.atomic_write(path, write)
 
@@ -129,11 +152,12 @@ def run(args, parser):
     stem = os.path.join(args.output, f"sweep_{c_name}_{s_name}")
     utils.check_writable_dir(stem)  # also makes -output
 
+    seeds = args.seeds or [args.seed]
     rows = []
-    print(f"{'weight':>8} {'margin':>7} {'stoi':>6} {'sim_style':>9} {'sim_content':>11} "
-          f"{'seconds':>7}", flush=True)
-    for w in args.weights:
-        args.style_weight = w
+    print(f"{'weight':>8} {'seed':>5} {'margin':>7} {'stoi':>6} {'sim_style':>9} "
+          f"{'sim_content':>11} {'seconds':>7}", flush=True)
+    for w, seed in [(w, seed) for w in args.weights for seed in seeds]:
+        args.style_weight, args.seed = w, seed
         start = time.perf_counter()
         content_specs, style_spec, transfer = train.make_transfer(args, [content], style,
                                                                   device)
@@ -141,16 +165,17 @@ def run(args, parser):
                                                args.plot_interval, args.tol, args.tol_window,
                                                progress=False)
         name = f"{c_name}_as_{s_name}_w{weight_text(w)}"
+        name += f"_seed{seed}" if len(seeds) > 1 else ""
         wav = train.write_outputs(stem, name, content, content_specs[0], style_spec,
                                   transfer.result()[0], history, 0, args, device)[0]
         seconds = time.perf_counter() - start
         measured = evaluate.evaluate(args.content, args.style, [wav], encoder=encoder)[0]
         last = history[-1]
-        rows.append(dict(measured, style_weight=w, seconds=seconds,
+        rows.append(dict(measured, style_weight=w, seed=seed, seconds=seconds,
                          content_loss=float(last[1][0]), style_loss=float(last[2][0])))
         r = rows[-1]
-        print(f"{weight_text(w):>8} {r['margin']:+7.3f} {r['stoi']:6.3f} {r['sim_style']:9.3f} "
-              f"{r['sim_content']:11.3f} {seconds:7.1f}", flush=True)
+        print(f"{weight_text(w):>8} {seed:>5} {r['margin']:+7.3f} {r['stoi']:6.3f} "
+              f"{r['sim_style']:9.3f} {r['sim_content']:11.3f} {seconds:7.1f}", flush=True)
         if why.startswith("interrupted"):
             break
     args.style_weight = None

@@ -69,3 +69,26 @@ def test_train_options_pass_through():
                                             "-weights", "3,1"])
     assert (args.kernel, args.phase, args.weights) == ("3x3", "content", [1.0, 3.0])
     assert (args.optimizer, args.epochs) == ("lbfgs", 300)
+
+
+def test_seeds_must_be_integers(capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep.build_parser().parse_args(["-seeds", "0,1.5"])
+    assert e.value.code == 2
+    assert "not a comma-separated list of integers" in capsys.readouterr().err
+    assert sweep.build_parser().parse_args(["-seeds", "2,0,2"]).seeds == [2, 0]
+
+
+def test_each_weight_runs_with_each_seed(tmp_path):
+    """-seeds: one row and one wav per weight and seed; the seed changes the result."""
+    out = tmp_path / "out"
+    code = sweep.main(["-content", MALE, "-style", FEMALE, "-weights", "1", "-seeds", "0,1",
+                       "-epochs", "10", "-griffin_lim_iters", "4", "-output", str(out)])
+    assert code == 0
+    with open(out / "sweep_male_female.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["style_weight"], r["seed"]) for r in rows] == [("1", "0"), ("1", "1")]
+    assert [os.path.basename(r["file"]) for r in rows] == [
+        "male_as_female_w1_seed0.wav", "male_as_female_w1_seed1.wav"]
+    assert rows[0]["style_loss"] != rows[1]["style_loss"]
+    assert _is_png(out / "sweep_male_female.png")
