@@ -32,24 +32,25 @@ COLUMNS = ["style_weight", "seed", "margin", "stoi", "sim_style", "sim_content",
            "content_loss", "style_loss", "seconds", "file"]
 
 
-def weight_list(text):
+def _comma_separated(text, kind, noun):
     try:
-        weights = [float(w) for w in text.split(",") if w.strip()]
+        values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}")
-    if not weights or any(not w >= 0 or w == float("inf") for w in weights):
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of {noun}: {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError(f"need one or more {noun}, got {text!r}")
+    return values
+
+
+def weight_list(text):
+    weights = _comma_separated(text, float, "numbers")
+    if any(not w >= 0 or w == float("inf") for w in weights):
         raise argparse.ArgumentTypeError(f"need one or more finite weights >= 0, got {text!r}")
     return sorted(set(weights))
 
 
 def seed_list(text):
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}")
-    if not seeds:
-        raise argparse.ArgumentTypeError(f"need one or more seeds, got {text!r}")
-    return list(dict.fromkeys(seeds))  # as given, repeats dropped
+    return list(dict.fromkeys(_comma_separated(text, int, "integers")))  # as given, once each
 
 
 def build_parser():
