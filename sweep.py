@@ -160,18 +160,15 @@ def run(args, parser):
     for w, seed in [(w, seed) for w in args.weights for seed in seeds]:
         args.style_weight, args.seed = w, seed
         start = time.perf_counter()
-        content_specs, style_spec, transfer = train.make_transfer(args, [content], style,
-                                                                  device)
-        history, done, _, why = train.optimise(transfer, args.epochs, args.print_interval,
-                                               args.plot_interval, args.tol, args.tol_window,
-                                               progress=False)
+        content_specs, style_spec, generated, runs, why = train.transfer(
+            args, [content], style, device, progress=False)
         name = f"{c_name}_as_{s_name}_w{weight_text(w)}"
         name += f"_seed{seed}" if len(seeds) > 1 else ""
         wav = train.write_outputs(stem, name, content, content_specs[0], style_spec,
-                                  transfer.result()[0], history, 0, args, device)[0]
+                                  generated[0], runs, 0, args, device)[0]
         seconds = time.perf_counter() - start
         measured = evaluate.evaluate(args.content, args.style, [wav], encoder=encoder)[0]
-        last = history[-1]
+        last = runs[0][1][-1]  # the losses of the first random CNN's run
         rows.append(dict(measured, style_weight=w, seed=seed, seconds=seconds,
                          content_loss=float(last[1][0]), style_loss=float(last[2][0])))
         r = rows[-1]

@@ -111,6 +111,10 @@ def build_parser():
     p.add_argument("-formant_ratio", type=number(float, 0, low_ok=False), default=1.0,
                    help="before the transfer, stretch the content's spectral envelope "
                         "(formants) along frequency by this factor")
+    p.add_argument("-ensemble", type=number(int, 1), default=1,
+                   help="run the transfer with this many random CNNs (seeds -seed, -seed+1, "
+                        "...) and average their magnitude spectrograms before Griffin-Lim: "
+                        "steadier results, at this many times the cost")
     p.add_argument("-save_spectrogram", action="store_true",
                    help="also save the optimised log spectrogram as <name>_spectrogram.npy")
     return p
@@ -382,9 +386,13 @@ def optimise(transfer, epochs, print_interval=1000, plot_interval=100, tol=None,
 
 # ------------------------------------------------------------------------------ outputs
 
-def write_outputs(out_dir, name, content_audio, content_spec, style_spec, generated, history,
+def write_outputs(out_dir, name, content_audio, content_spec, style_spec, generated, runs,
                   index, args, device):
-    """Everything one clip's run produces; each file appears whole or not at all."""
+    """Everything one clip's run produces; each file appears whole or not at all.
+
+    runs: (seed, history) per random CNN, as transfer() returns them; the loss picture
+    has the curves of each.
+    """
     base = os.path.join(out_dir, name)
     phase = np.angle(utils.stft(content_audio)) if args.phase == "content" else None
     audio = utils.griffin_lim(generated, len(content_audio), iters=args.griffin_lim_iters,
@@ -393,11 +401,15 @@ def write_outputs(out_dir, name, content_audio, content_spec, style_spec, genera
     utils.save_wav(base + ".wav", audio)
     utils.plot_spectrograms([("content", content_spec), ("style", style_spec),
                              ("generated", generated)], base + "_spectrograms.png")
-    steps = [h[0] for h in history]
-    content = [float(h[1][index]) for h in history]
-    style = [float(h[2][index]) for h in history]
-    curves = {"content": list(zip(steps, content)), "style": list(zip(steps, style)),
-              "total": list(zip(steps, np.add(content, style)))}
+    curves = {}
+    for seed, history in runs:
+        steps = [h[0] for h in history]
+        content = [float(h[1][index]) for h in history]
+        style = [float(h[2][index]) for h in history]
+        label = f" (seed {seed})" if len(runs) > 1 else ""
+        curves.update({"content" + label: list(zip(steps, content)),
+                       "style" + label: list(zip(steps, style)),
+                       "total" + label: list(zip(steps, np.add(content, style)))})
     utils.plot_losses(curves, base + "_loss.png", title=name)
     if args.save_spectrogram:
         utils.atomic_write(base + "_spectrogram.npy", lambda tmp: np.save(tmp, generated))
@@ -425,24 +437,79 @@ def pitch_ratios(setting, contents, style):
     return ratios
 
 
-def make_transfer(args, contents, style, device):
-    """The content and style log spectrograms and the Transfer that `args` ask for, from
-    the waveforms; shared with sweep.py."""
+def input_spectrograms(args, contents, style):
+    """The content log spectrograms (reshaped by -pitch_ratio / -formant_ratio) and the
+    style's."""
     if args.pitch_ratio != 1 or args.formant_ratio != 1:
         ratios = pitch_ratios(args.pitch_ratio, contents, style)
         content_specs = [utils.shift_pitch_formants(y, r, args.formant_ratio)
                          for y, r in zip(contents, ratios)]
     else:
         content_specs = [utils.log_spectrogram(y) for y in contents]
-    style_spec = utils.log_spectrogram(style)
+    return content_specs, utils.log_spectrogram(style)
+
+
+def make_transfer(args, content_specs, style_spec, device, seed):
+    """The Transfer that `args` ask for, with the random CNN of `seed`."""
     kernel = tuple(int(k) for k in args.kernel.split("x"))
-    transfer = Transfer(content_specs, style_spec, device=device, seed=args.seed, kernel=kernel,
-                        channels=args.channels,
-                        content_weight=args.content_weight, style_weight=args.style_weight,
-                        learning_rate=args.learning_rate, optimizer=args.optimizer,
-                        init=args.init, style_form=args.style_form,
-                        normalize_gram=args.normalize_gram)
-    return content_specs, style_spec, transfer
+    return Transfer(content_specs, style_spec, device=device, seed=seed, kernel=kernel,
+                    channels=args.channels,
+                    content_weight=args.content_weight, style_weight=args.style_weight,
+                    learning_rate=args.learning_rate, optimizer=args.optimizer,
+                    init=args.init, style_form=args.style_form,
+                    normalize_gram=args.normalize_gram)
+
+
+def average_magnitudes(log_specs):
+    """One log1p spectrogram whose magnitude is the mean of theirs.
+
+    Each random CNN leaves texture of its own on top of what all of them agree on; the
+    mean keeps the shared part and thins the rest. Magnitudes, not logs, are averaged:
+    measured, that kept more of the style (see the README).
+    """
+    if len(log_specs) == 1:  # one run: its own spectrogram, bit for bit
+        return log_specs[0]
+    return np.log1p(np.mean([np.expm1(s) for s in log_specs], axis=0)).astype(np.float32)
+
+
+def transfer(args, contents, style, device, progress=True):
+    """The whole optimisation `args` ask for, shared with sweep.py: -ensemble runs, one
+    after another, each with its own random CNN.
+
+    Returns (content_specs, style_spec, generated, runs, why): generated holds one log
+    spectrogram per content clip (the ensemble's average); runs one (seed, history) per
+    random CNN that ran; why says how the last one stopped. Ctrl-C keeps the runs done,
+    the interrupted one included.
+    """
+    content_specs, style_spec = input_spectrograms(args, contents, style)
+    results, runs, why = [], [], "not started"
+    try:
+        for seed in range(args.seed, args.seed + args.ensemble):
+            member = make_transfer(args, content_specs, style_spec, device, seed)
+            if seed == args.seed:
+                log(f"{len(contents)} content clip(s) {member.frames} frames, style "
+                    f"{style_spec.shape[1]} frames, on {device}, style loss in "
+                    f"{member.style_loss.form} form")
+            if args.ensemble > 1:
+                log(f"random CNN {seed - args.seed + 1} of {args.ensemble}: seed {seed}")
+            history, done, seconds, why = optimise(member, args.epochs, args.print_interval,
+                                                   args.plot_interval, args.tol,
+                                                   args.tol_window, progress)
+            if done:
+                log(f"{done} iterations in {seconds:.1f} s "
+                    f"({1000 * seconds / done:.2f} ms each)")
+            results.append(member.result())
+            runs.append((seed, history))
+            del member  # its activations and optimiser state: free before the next one
+            if why.startswith("interrupted"):
+                break
+    except KeyboardInterrupt:  # between two runs, while the next one was being set up
+        if not results:
+            raise
+        why = "interrupted (Ctrl-C): writing what the finished runs reached"
+        log(why)
+    generated = [average_magnitudes([r[i] for r in results]) for i in range(len(contents))]
+    return content_specs, style_spec, generated, runs, why
 
 
 DEFAULT_EPOCHS = {"adam": 20000, "lbfgs": 300}
@@ -466,17 +533,11 @@ def run(args):
     utils.check_writable_dir(args.output)
     names = output_names(files, args.style)
 
-    content_specs, style_spec, transfer = make_transfer(args, contents, style, device)
-    log(f"{len(files)} content clip(s) {transfer.frames} frames, style {style_spec.shape[1]} "
-        f"frames, on {device}, style loss in {transfer.style_loss.form} form")
-    history, done, seconds, why = optimise(transfer, args.epochs, args.print_interval,
-                                           args.plot_interval, args.tol, args.tol_window)
-    if done:
-        log(f"{done} iterations in {seconds:.1f} s ({1000 * seconds / done:.2f} ms each)")
+    content_specs, style_spec, generated, runs, why = transfer(args, contents, style, device)
     written = []
-    for i, generated in enumerate(transfer.result()):
+    for i, spec in enumerate(generated):
         written += write_outputs(args.output, names[i], contents[i], content_specs[i],
-                                 style_spec, generated, history, i, args, device)
+                                 style_spec, spec, runs, i, args, device)
     for path in written:
         print(path)
     return 130 if why.startswith("interrupted") else 0

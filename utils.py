@@ -228,13 +228,19 @@ def plot_spectrograms(named_specs, path, sr=SAMPLE_RATE, n_fft=N_FFT):
 
 
 def plot_losses(history, path, title="loss"):
-    """history: dict name -> list of (step, value); drawn on a log scale."""
+    """history: dict name -> list of (step, value); drawn on a log scale. Names such as
+    "style (seed 1)" share the colour of their kind ("style") and get a line style per
+    run, so several runs stay readable in one picture."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    colours, dashes = {}, {}
     for name, points in history.items():
+        kind, _, run = name.partition(" (")
+        colour = colours.setdefault(kind, f"C{len(colours)}")
+        dash = dashes.setdefault(run, ["-", "--", ":", "-."][len(dashes) % 4])
         if points:
             steps, values = zip(*points)
-            ax.plot(steps, np.maximum(values, 1e-12), label=name)
+            ax.plot(steps, np.maximum(values, 1e-12), label=name, color=colour, linestyle=dash)
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")

@@ -86,6 +86,7 @@ def test_every_bad_file_as_content_or_style(bad_files, clips, tmp_path, capsys):
     (["-style_weight", "nan"], "must be >= 0"),
     (["-learning_rate", "0"], "must be > 0"),
     (["-kernel", "5x5"], "invalid choice"),
+    (["-ensemble", "0"], "must be >= 1"),
 ])
 def test_bad_settings_are_one_line(args, words, clips, tmp_path, capsys):
     content, style = clips
@@ -272,3 +273,59 @@ def test_lbfgs_from_noise_is_not_stopped_by_float32_rounding(tone):
     gave_up = t.run(40, lambda i, c, s: seen.append((c + s).item()))
     assert not gave_up and len(seen) == 40
     assert seen[-1] < 0.01 * seen[0]
+
+
+def test_average_magnitudes_by_hand():
+    """log1p(1) and log1p(3) average to log1p(2); one spectrogram comes back untouched."""
+    a = np.full((2, 3), np.log1p(1.0), np.float32)
+    b = np.full((2, 3), np.log1p(3.0), np.float32)
+    np.testing.assert_allclose(train.average_magnitudes([a, b]), np.log1p(2.0), rtol=1e-6)
+    assert train.average_magnitudes([b]) is b
+
+
+def _ensemble_args(clips, tmp_path, *more):
+    content, style = clips
+    return train.build_parser().parse_args(
+        ["-content", content, "-style", style, "-output", str(tmp_path / "out"),
+         "-epochs", "15", "-griffin_lim_iters", "4", *more])
+
+
+def test_ensemble_is_the_average_of_its_runs(clips, tmp_path, capsys):
+    """-ensemble 2 -seed 3 writes the magnitude average of the runs with seeds 3 and 4."""
+    args = _ensemble_args(clips, tmp_path, "-ensemble", "2", "-seed", "3", "-save_spectrogram")
+    assert train.run(args) == 0
+    err = capsys.readouterr().err
+    assert "random CNN 1 of 2: seed 3" in err and "random CNN 2 of 2: seed 4" in err
+    written = np.load(tmp_path / "out" / "low_as_high_spectrogram.npy")
+
+    alone = []
+    for seed in (3, 4):
+        one = _ensemble_args(clips, tmp_path, "-seed", str(seed))
+        train.settle_defaults(one)
+        contents = [utils.load_audio(one.content[0])]
+        _, _, generated, runs, _ = train.transfer(one, contents, utils.load_audio(one.style),
+                                                  CPU, progress=False)
+        assert [seed for seed, _ in runs] == [seed]
+        alone.append(generated[0])
+    assert not np.allclose(alone[0], alone[1])
+    np.testing.assert_allclose(written, np.log1p((np.expm1(alone[0]) + np.expm1(alone[1])) / 2),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_ctrl_c_between_ensemble_runs_keeps_the_finished_ones(clips, tmp_path, monkeypatch):
+    args = _ensemble_args(clips, tmp_path, "-ensemble", "3")
+    train.settle_defaults(args)
+    real, made = train.make_transfer, []
+
+    def make_then_interrupt(*a):
+        if len(made) == 1:
+            raise KeyboardInterrupt
+        made.append(real(*a))
+        return made[-1]
+    monkeypatch.setattr(train, "make_transfer", make_then_interrupt)
+    contents = [utils.load_audio(args.content[0])]
+    _, _, generated, runs, why = train.transfer(args, contents, utils.load_audio(args.style),
+                                                CPU, progress=False)
+    assert [seed for seed, _ in runs] == [0]
+    assert why.startswith("interrupted (Ctrl-C)")
+    np.testing.assert_array_equal(generated[0], made[0].result()[0])
