@@ -482,7 +482,7 @@ def transfer(args, contents, style, device, progress=True):
     the interrupted one included.
     """
     content_specs, style_spec = input_spectrograms(args, contents, style)
-    results, runs, why = [], [], "not started"
+    results, runs = [], []
     try:
         for seed in range(args.seed, args.seed + args.ensemble):
             member = make_transfer(args, content_specs, style_spec, device, seed)
