@@ -22,7 +22,6 @@ import os
 import sys
 import time
 
-
 import evaluate
 import train
 import utils
