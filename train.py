@@ -92,8 +92,13 @@ def build_parser():
     p.add_argument("-device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("-kernel", choices=["3x1", "3x3"], default="3x1",
                    help="frequency x time size of the convolution kernel")
+    p.add_argument("-style_kernel", choices=["3x1", "3x3", "3x5", "3x9"], default=None,
+                   help="kernel of a second random convolution that measures only the style "
+                        "(the content keeps -kernel's); wider in time, its Grams hold how "
+                        "the spectrum moves (default: -kernel's network measures both, as "
+                        "in the reference)")
     p.add_argument("-channels", type=number(int, 1), default=32,
-                   help="output channels of the random convolution")
+                   help="output channels of the random convolution(s)")
     p.add_argument("-griffin_lim_iters", type=number(int, 1), default=50)
     p.add_argument("-griffin_lim_momentum", type=number(float, 0), default=0.0,
                    help="0: plain Griffin-Lim (the reference); 0.99: the fast variant")
@@ -111,12 +116,17 @@ def build_parser():
     p.add_argument("-formant_ratio", type=number(float, 0, low_ok=False), default=1.0,
                    help="before the transfer, stretch the content's spectral envelope "
                         "(formants) along frequency by this factor")
+    p.add_argument("-follow_loudness", type=number(float, 0), default=0.0,
+                   help="after the transfer, move each frame's loudness this fraction of the "
+                        "way (in dB) toward the content's loudness contour: 0 leaves the "
+                        "result as optimised (the reference), 1 takes the content's contour")
     p.add_argument("-ensemble", type=number(int, 1), default=1,
                    help="run the transfer with this many random CNNs (seeds -seed, -seed+1, "
                         "...) and average their magnitude spectrograms before Griffin-Lim: "
                         "steadier results, at this many times the cost")
     p.add_argument("-save_spectrogram", action="store_true",
-                   help="also save the optimised log spectrogram as <name>_spectrogram.npy")
+                   help="also save the log spectrogram Griffin-Lim inverts (the optimised "
+                        "one, after -ensemble and -follow_loudness) as <name>_spectrogram.npy")
     return p
 
 
@@ -173,11 +183,17 @@ class Transfer:
 
     def __init__(self, content_specs, style_spec, *, device, seed=0, kernel=(3, 1), channels=32,
                  content_weight=100.0, style_weight=1.0, learning_rate=None, optimizer="adam",
-                 init="noise", style_form="auto", normalize_gram=False):
+                 init="noise", style_form="auto", normalize_gram=False, style_kernel=None):
         self.device = device
         self.frames = [spec.shape[1] for spec in content_specs]
         bins, longest = content_specs[0].shape[0], max(self.frames)
         self.net = RandomCNN(seed, channels=channels, kernel=kernel).to(device)
+        # The reference measures content and style through one network. A style network
+        # of its own, with a kernel wider in time, sees how the spectrum moves from frame
+        # to frame as well as its shape, while the content stays pinned frame by frame.
+        self.style_net = self.net
+        if style_kernel is not None and tuple(style_kernel) != tuple(kernel):
+            self.style_net = RandomCNN(seed, channels=channels, kernel=style_kernel).to(device)
         self.content_weight, self.style_weight = content_weight, style_weight
 
         frames = torch.tensor(self.frames, device=device)
@@ -196,7 +212,7 @@ class Transfer:
         self.spec = torch.nn.Parameter(start.to(device))
         with torch.no_grad():
             self.content_features = self.features(content)
-            style_features = self.net(torch.as_tensor(style_spec, device=device)[None])
+            style_features = self.style_net(torch.as_tensor(style_spec, device=device)[None])
         self.style_loss = StyleLoss(style_features, longest, form=style_form,
                                     normalize=normalize_gram).to(device)
 
@@ -208,16 +224,19 @@ class Transfer:
             self.optimizer = torch.optim.LBFGS([self.spec], lr=learning_rate or 1.0,
                                                history_size=50, line_search_fn="strong_wolfe")
 
-    def features(self, spec):
+    def features(self, spec, net=None):
+        net = net or self.net
         if not self.padded:
-            return self.net(spec)
-        # Masking the input too keeps a 3x3 kernel from reading a neighbour's padding.
-        return self.net(spec * self.mask) * self.mask[:, None]
+            return net(spec)
+        # Masking the input too keeps a kernel wider in time from reading the padding.
+        return net(spec * self.mask) * self.mask[:, None]
 
     def losses(self):
         """Weighted content and style losses of each clip, shape (B,) each."""
         features = self.features(self.spec)
         content = content_loss(features, self.content_features, self.frame_counts)
+        if self.style_net is not self.net:
+            features = self.features(self.spec, self.style_net)
         style = self.style_loss(features, self.frame_counts)
         return self.content_weight * content, self.style_weight * style
 
@@ -451,8 +470,11 @@ def input_spectrograms(args, contents, style):
 
 def make_transfer(args, content_specs, style_spec, device, seed):
     """The Transfer that `args` ask for, with the random CNN of `seed`."""
-    kernel = tuple(int(k) for k in args.kernel.split("x"))
-    return Transfer(content_specs, style_spec, device=device, seed=seed, kernel=kernel,
+    def size(text):
+        return tuple(int(k) for k in text.split("x"))
+
+    return Transfer(content_specs, style_spec, device=device, seed=seed, kernel=size(args.kernel),
+                    style_kernel=size(args.style_kernel) if args.style_kernel else None,
                     channels=args.channels,
                     content_weight=args.content_weight, style_weight=args.style_weight,
                     learning_rate=args.learning_rate, optimizer=args.optimizer,
@@ -477,7 +499,8 @@ def transfer(args, contents, style, device, progress=True):
     after another, each with its own random CNN.
 
     Returns (content_specs, style_spec, generated, runs, why): generated holds one log
-    spectrogram per content clip (the ensemble's average); runs one (seed, history) per
+    spectrogram per content clip (the ensemble's average, then -follow_loudness: what
+    Griffin-Lim will invert); runs one (seed, history) per
     random CNN that ran; why says how the last one stopped. Ctrl-C keeps the runs done,
     the interrupted one included.
     """
@@ -509,6 +532,9 @@ def transfer(args, contents, style, device, progress=True):
         why = "interrupted (Ctrl-C): writing what the finished runs reached"
         log(why)
     generated = [average_magnitudes([r[i] for r in results]) for i in range(len(contents))]
+    if args.follow_loudness:
+        generated = [utils.follow_loudness(g, c, args.follow_loudness)
+                     for g, c in zip(generated, content_specs)]
     return content_specs, style_spec, generated, runs, why
 
 

@@ -135,6 +135,30 @@ def shift_pitch_formants(y, pitch_ratio=1.0, formant_ratio=1.0, n_fft=N_FFT, lif
     return np.log1p(np.exp(shifted)).astype(np.float32)
 
 
+def follow_loudness(log_spec, content_log_spec, strength, max_gain_db=20.0):
+    """`log_spec` with each frame's loudness moved `strength` of the way toward the
+    content's loudness contour, in dB; both are log1p magnitude spectrograms of equal
+    frame count.
+
+    Loudness contour: each frame's energy (sum of squared magnitudes) over the clip's mean
+    frame energy. Every bin of frame t is scaled by
+        g_t = (contour_content[t] / contour_generated[t]) ^ (strength / 2),
+    held within +-max_gain_db; the spectrum within a frame stays what the transfer made.
+    Style texture laid into the content's pauses, and syllables the style loss has
+    flattened, are what this undoes. Measured with -style_kernel 3x5, it raised both STOI
+    and the speaker margin (see the README).
+    """
+    generated = np.expm1(np.maximum(np.asarray(log_spec, np.float64), 0))
+    content = np.expm1(np.maximum(np.asarray(content_log_spec, np.float64), 0))
+    floor = 1e-10  # an all-zero frame: a finite, and then clipped, gain
+    energy_g = (generated ** 2).sum(axis=0) + floor
+    energy_c = (content ** 2).sum(axis=0) + floor
+    log_ratio = np.log(energy_c / energy_c.mean()) - np.log(energy_g / energy_g.mean())
+    limit = max_gain_db / 20 * np.log(10)  # in nepers of magnitude
+    gain = np.exp(np.clip(strength / 2 * log_ratio, -limit, limit))
+    return np.log1p(generated * gain).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------- Griffin-Lim
 
 def _librosa_pair(n_fft, length):

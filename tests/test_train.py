@@ -175,12 +175,14 @@ def test_same_seed_same_result_other_seed_other_result(tone):
     assert not np.allclose(runs[0], runs[2])
 
 
-@pytest.mark.parametrize("kernel", [(3, 1), (3, 3)])
-def test_batch_equals_one_by_one(tone, kernel):
+@pytest.mark.parametrize("kernel, style_kernel", [((3, 1), None), ((3, 3), None),
+                                                  ((3, 1), (3, 5))])
+def test_batch_equals_one_by_one(tone, kernel, style_kernel):
     """Two clips of different lengths optimised as one batch end where each would alone."""
     a, b, style = _specs(tone)
-    batch = _transfer([a, b], style, kernel=kernel)
-    alone = [_transfer([a], style, kernel=kernel), _transfer([b], style, kernel=kernel)]
+    kw = dict(kernel=kernel, style_kernel=style_kernel)
+    batch = _transfer([a, b], style, **kw)
+    alone = [_transfer([a], style, **kw), _transfer([b], style, **kw)]
     for _ in range(20):
         batch.step()
         for t in alone:
@@ -329,3 +331,47 @@ def test_ctrl_c_between_ensemble_runs_keeps_the_finished_ones(clips, tmp_path, m
     assert [seed for seed, _ in runs] == [0]
     assert why.startswith("interrupted (Ctrl-C)")
     np.testing.assert_array_equal(generated[0], made[0].result()[0])
+
+
+def test_style_kernel_measures_the_style_through_a_network_of_its_own(tone):
+    """-style_kernel: content loss through the -kernel network, style loss through a second
+    random network of the style kernel drawn from the same seed; without it, one network."""
+    from model import RandomCNN, StyleLoss, content_loss
+    content, _, style = _specs(tone)
+    for same in (None, (3, 1)):  # the reference's single network
+        one = _transfer([content], style, style_kernel=same)
+        assert one.style_net is one.net
+    t = _transfer([content], style, seed=4, style_kernel=(3, 5), content_weight=2.0,
+                  style_weight=3.0)
+    assert t.style_net.conv.kernel_size == (3, 5) and t.net.conv.kernel_size == (3, 1)
+    spec = torch.randn(1, *content.shape)
+    with torch.no_grad():
+        t.spec.copy_(spec)
+        got_content, got_style = t.losses()
+    content_net, style_net = RandomCNN(4, kernel=(3, 1)), RandomCNN(4, kernel=(3, 5))
+    with torch.no_grad():
+        target = content_net(torch.tensor(content)[None])
+        want_content = 2.0 * content_loss(content_net(spec), target)
+        want_style = 3.0 * StyleLoss(style_net(torch.tensor(style)[None]), content.shape[1],
+                                     form="gram")(style_net(spec))
+    assert got_content.item() == pytest.approx(want_content.item(), rel=1e-6)
+    assert got_style.item() == pytest.approx(want_style.item(), rel=1e-5)
+
+
+def test_style_kernel_and_follow_loudness_end_to_end(clips, tmp_path, capsys):
+    """The two options issue 5 kept, with an ensemble, through the command line: the saved
+    spectrogram is what follow_loudness makes of the optimised one."""
+    content, style = clips
+    out = tmp_path / "out"
+    argv = ["-content", content, "-style", style, "-epochs", "15", "-style_kernel", "3x5",
+            "-style_weight", "0.1", "-griffin_lim_iters", "5", "-save_spectrogram"]
+    assert train.main(argv + ["-output", str(out / "plain")]) == 0
+    assert train.main(argv + ["-follow_loudness", "0.5", "-output", str(out / "follow")]) == 0
+    capsys.readouterr()
+    plain = np.load(out / "plain" / "low_as_high_spectrogram.npy")
+    followed = np.load(out / "follow" / "low_as_high_spectrogram.npy")
+    content_spec = utils.log_spectrogram(utils.load_audio(content))
+    np.testing.assert_allclose(followed, utils.follow_loudness(plain, content_spec, 0.5),
+                               rtol=1e-6, atol=1e-6)
+    audio = utils.load_audio(str(out / "follow" / "low_as_high.wav"))
+    assert len(audio) == len(utils.load_audio(content)) and np.max(np.abs(audio)) > 1e-3

@@ -117,3 +117,26 @@ def test_pictures_are_pngs(tmp_path, tone):
         assert _is_png(path)
         height, width, _ = matplotlib.image.imread(str(path)).shape
         assert height > 200 and width > 200
+
+
+def test_follow_loudness_by_hand():
+    """Two bins, two frames: frame energies 1 and 4 (contour 0.4, 1.6 around their mean
+    2.5), the content's the other way round (1.6, 0.4)."""
+    generated = np.log1p(np.array([[1.0, 2.0], [0.0, 0.0]]))
+    content = np.log1p(np.array([[2.0, 0.0], [0.0, 1.0]]))
+    def magnitude(spec):
+        return np.expm1(spec.astype(np.float64))
+    # strength 1: the content's contour, each frame's gain sqrt(1.6 / 0.4) = 2 or 1/2
+    np.testing.assert_allclose(magnitude(utils.follow_loudness(generated, content, 1.0)),
+                               [[2.0, 1.0], [0.0, 0.0]], rtol=1e-5)
+    # half way in dB: gains 2^(1/2) and 2^(-1/2)
+    np.testing.assert_allclose(magnitude(utils.follow_loudness(generated, content, 0.5)),
+                               [[2 ** 0.5, 2 ** 0.5], [0.0, 0.0]], rtol=1e-5)
+    # strength 0 changes nothing
+    np.testing.assert_allclose(utils.follow_loudness(generated, content, 0.0), generated,
+                               rtol=1e-6)
+    # a frame the content leaves silent is turned down by at most max_gain_db
+    silent = np.log1p(np.array([[1.0, 1.0], [0.0, 0.0]]))
+    quiet = magnitude(utils.follow_loudness(silent, np.log1p(np.array([[1.0, 0.0]] * 2)), 1.0,
+                                            max_gain_db=20))
+    assert quiet[0, 1] == pytest.approx(0.1, rel=1e-5)
