@@ -225,7 +225,7 @@ class Transfer:
                                                history_size=50, line_search_fn="strong_wolfe")
 
     def features(self, spec, net=None):
-        net = net or self.net
+        net = self.net if net is None else net
         if not self.padded:
             return net(spec)
         # Masking the input too keeps a kernel wider in time from reading the padding.

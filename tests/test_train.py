@@ -359,8 +359,8 @@ def test_style_kernel_measures_the_style_through_a_network_of_its_own(tone):
 
 
 def test_style_kernel_and_follow_loudness_end_to_end(clips, tmp_path, capsys):
-    """The two options issue 5 kept, with an ensemble, through the command line: the saved
-    spectrogram is what follow_loudness makes of the optimised one."""
+    """The two options issue 5 kept, through the command line: the saved spectrogram is
+    what follow_loudness makes of the optimised one."""
     content, style = clips
     out = tmp_path / "out"
     argv = ["-content", content, "-style", style, "-epochs", "15", "-style_kernel", "3x5",
