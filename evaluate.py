@@ -128,8 +128,8 @@ def log_spectral_distance(reference, other):
     0 for identical spectrograms. Frames past the shorter one are ignored.
     """
     frames = min(reference.shape[1], other.shape[1])
-    x = np.expm1(np.maximum(np.asarray(reference, np.float64)[:, :frames], 0))
-    y = np.expm1(np.maximum(np.asarray(other, np.float64)[:, :frames], 0))
+    x = utils.magnitude(np.asarray(reference)[:, :frames])
+    y = utils.magnitude(np.asarray(other)[:, :frames])
     floor = max(x.max(), np.finfo(np.float64).tiny) * 10 ** (-LSD_RANGE_DB / 20)
     diff = 20 * np.log10(np.maximum(x, floor)) - 20 * np.log10(np.maximum(y, floor))
     return float(np.mean(np.sqrt(np.mean(diff ** 2, axis=0))))

@@ -500,9 +500,8 @@ def transfer(args, contents, style, device, progress=True):
 
     Returns (content_specs, style_spec, generated, runs, why): generated holds one log
     spectrogram per content clip (the ensemble's average, then -follow_loudness: what
-    Griffin-Lim will invert); runs one (seed, history) per
-    random CNN that ran; why says how the last one stopped. Ctrl-C keeps the runs done,
-    the interrupted one included.
+    Griffin-Lim will invert); runs one (seed, history) per random CNN that ran; why says
+    how the last one stopped. Ctrl-C keeps the runs done, the interrupted one included.
     """
     content_specs, style_spec = input_spectrograms(args, contents, style)
     results, runs = [], []

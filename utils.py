@@ -100,6 +100,12 @@ def log_spectrogram(y, n_fft=N_FFT):
     return np.log1p(np.abs(stft(y, n_fft))).astype(np.float32)
 
 
+def magnitude(log_spec):
+    """|STFT| = exp(S) - 1 of a log spectrogram, in float64; the optimiser may leave S a
+    little below 0, which would be a negative magnitude, so those bins count as 0."""
+    return np.expm1(np.maximum(np.asarray(log_spec, np.float64), 0))
+
+
 def median_f0(y, sr=SAMPLE_RATE):
     """Median fundamental frequency in Hz over the voiced frames (librosa's pYIN,
     60-600 Hz), or None if no frame is voiced."""
@@ -148,8 +154,7 @@ def follow_loudness(log_spec, content_log_spec, strength, max_gain_db=20.0):
     flattened, are what this undoes. Measured with -style_kernel 3x5, it raised both STOI
     and the speaker margin (see the README).
     """
-    generated = np.expm1(np.maximum(np.asarray(log_spec, np.float64), 0))
-    content = np.expm1(np.maximum(np.asarray(content_log_spec, np.float64), 0))
+    generated, content = magnitude(log_spec), magnitude(content_log_spec)
     floor = 1e-10  # an all-zero frame: a finite, and then clipped, gain
     energy_g = (generated ** 2).sum(axis=0) + floor
     energy_c = (content ** 2).sum(axis=0) + floor
@@ -187,25 +192,25 @@ def griffin_lim(log_spec, length, iters=50, n_fft=N_FFT, phase=None, momentum=0.
     backend "librosa" or "torch" does the transforms; by default librosa on the CPU and
     torch on a CUDA device.
     """
-    magnitude = np.expm1(np.asarray(log_spec, dtype=np.float64)).clip(min=0)
+    target = magnitude(log_spec)
     if phase is None:
         rng = np.random.default_rng(seed)
-        phase = rng.uniform(-np.pi, np.pi, magnitude.shape)
+        phase = rng.uniform(-np.pi, np.pi, target.shape)
     angles = np.exp(1j * phase)
     backend = backend or ("librosa" if str(device) == "cpu" else "torch")
     if backend == "librosa":
         forward, inverse = _librosa_pair(n_fft, length)
     else:
         forward, inverse = _torch_pair(n_fft, length, device)
-        magnitude = torch.as_tensor(magnitude, dtype=torch.float32, device=device)
+        target = torch.as_tensor(target, dtype=torch.float32, device=device)
         angles = torch.as_tensor(angles, dtype=torch.complex64, device=device)
     previous = 0
     for _ in range(iters - 1):
-        rebuilt = forward(inverse(magnitude * angles))
+        rebuilt = forward(inverse(target * angles))
         angles = rebuilt - (momentum / (1 + momentum)) * previous
         previous = rebuilt
         angles = angles / (abs(angles) + 1e-16)
-    y = inverse(magnitude * angles)
+    y = inverse(target * angles)
     if torch.is_tensor(y):
         y = y.cpu().numpy()
     return np.asarray(y, dtype=np.float32)
@@ -233,7 +238,7 @@ def plot_spectrograms(named_specs, path, sr=SAMPLE_RATE, n_fft=N_FFT):
     """
     plt = _pyplot()
     hop = n_fft // 4
-    db = [librosa.amplitude_to_db(np.expm1(np.maximum(s, 0)), ref=1.0, top_db=None)
+    db = [librosa.amplitude_to_db(magnitude(s), ref=1.0, top_db=None)
           for _, s in named_specs]
     vmax = max(float(d.max()) for d in db)
     vmin = vmax - 80  # 80 dB of range, as a listener would care about
