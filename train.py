@@ -9,6 +9,10 @@ the example voices in input/. Writes into output/ (or -output):
     <content>_as_<style>.wav               the generated speech, at the content's duration
     <content>_as_<style>_spectrograms.png  content, style and generated spectrograms
     <content>_as_<style>_loss.png          the loss curves
+    <content>_as_<style>.json              the record: command, settings, seeds, versions,
+                                           iterations, losses, wall time (report.py)
+    index.html                             when a run writes several results (a batch of
+                                           clips) or runs -ensemble: a page to listen to them
 """
 import argparse
 import collections
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import report
 import utils
 from model import RandomCNN, StyleLoss, content_loss
 
@@ -550,6 +555,7 @@ def settle_defaults(args):
 
 
 def run(args):
+    started = time.perf_counter()  # the record's wall time: loading to writing
     settle_defaults(args)
     device = pick_device(args.device)
     files = content_paths(args.content)
@@ -563,6 +569,12 @@ def run(args):
     for i, spec in enumerate(generated):
         written += write_outputs(args.output, names[i], contents[i], content_specs[i],
                                  style_spec, spec, runs, i, args, device)
+        wav = os.path.join(args.output, names[i] + ".wav")
+        written.append(report.write_record(wav, report.run_record(
+            args, files[i], runs, i, why, device, time.perf_counter() - started)))
+    if len(names) > 1 or args.ensemble > 1:  # several results, or runs, to compare by ear
+        written.append(report.write_page(args.output, [os.path.join(args.output, n + ".wav")
+                                                       for n in names]))
     for path in written:
         print(path)
     return 130 if why.startswith("interrupted") else 0

@@ -45,8 +45,8 @@ def test_end_to_end_writes_wav_and_pictures(clips, tmp_path):
                      "-print_interval", "10", "-griffin_lim_iters", "10")
     assert result.returncode == 0, result.stderr
     assert "step 30: content" in result.stderr
-    assert sorted(os.listdir(out)) == ["low_as_high.wav", "low_as_high_loss.png",
-                                       "low_as_high_spectrograms.png"]
+    assert sorted(os.listdir(out)) == ["low_as_high.json", "low_as_high.wav",
+                                       "low_as_high_loss.png", "low_as_high_spectrograms.png"]
     audio, sr = sf.read(out / "low_as_high.wav")
     assert sr == 22050
     assert len(audio) == len(utils.load_audio(content))  # the content's duration
@@ -136,8 +136,8 @@ def test_ctrl_c_keeps_the_work_done(clips, tmp_path):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "interrupted (Ctrl-C)" in stderr and "Traceback" not in stderr
-    assert sorted(os.listdir(out)) == ["low_as_high.wav", "low_as_high_loss.png",
-                                       "low_as_high_spectrograms.png"]
+    assert sorted(os.listdir(out)) == ["low_as_high.json", "low_as_high.wav",
+                                       "low_as_high_loss.png", "low_as_high_spectrograms.png"]
 
 
 def _transfer(specs, style, **kw):
