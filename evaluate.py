@@ -1,8 +1,10 @@
 """Measure a voice transfer: whose voice it has, what it still says, what Griffin-Lim lost.
 
     python evaluate.py CONTENT STYLE GENERATED [GENERATED ...]
+    python evaluate.py GENERATED [GENERATED ...]    # each with train.py's record beside it
 
-Prints one row per generated clip:
+Prints one row per generated clip, and adds its measures to the clip's record
+(<name>.json, which names the content and style clips) and listening page, if it has them:
     sim_style    cosine similarity of its speaker embedding to the style clip's
     sim_content  the same against the content clip's
     margin       sim_style - sim_content: above 0 when it sounds more like the style speaker
@@ -23,6 +25,7 @@ import warnings
 import numpy as np
 import scipy.signal
 
+import report
 import utils
 from train import OneLineParser
 
@@ -189,9 +192,11 @@ def build_parser():
     intro, _, columns = __doc__.split("\n\n", 2)  # the columns' meanings close the help
     p = OneLineParser(prog="evaluate.py", description=intro, epilog=columns,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("content", help="the content clip the transfer started from")
-    p.add_argument("style", help="the style clip")
-    p.add_argument("generated", nargs="+", help="generated clip(s), e.g. train.py's .wav")
+    p.add_argument("clips", nargs="+", metavar="CLIP",
+                   help="CONTENT STYLE GENERATED [GENERATED ...]: the content clip the "
+                        "transfer started from, the style clip, generated clip(s); or only "
+                        "generated clips, each with the record train.py writes beside it "
+                        "(<name>.json), which names its content and style")
     p.add_argument("-csv", help="also write the rows to this CSV file")
     return p
 
@@ -218,6 +223,17 @@ def write_csv(path, rows):
     utils.atomic_write(path, write)
 
 
+def clip_groups(clips):
+    """(content, style, [generated, ...]) to measure: the content and style from each
+    clip's record when every clip has one beside it, else the first two clips given."""
+    if all(os.path.isfile(report.record_path(c)) for c in clips):
+        return report.clips_from_records(clips)
+    if len(clips) < 3:
+        raise utils.AudioError(f"{clips[-1]}: no record (<name>.json) beside it to name its "
+                               f"content and style; give CONTENT STYLE GENERATED")
+    return [(clips[0], clips[1], clips[2:])]
+
+
 def run(args):
     if args.csv:  # find out before the measuring, not after
         folder = os.path.dirname(os.path.abspath(args.csv))
@@ -226,7 +242,15 @@ def run(args):
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
             raise utils.AudioError(f"-csv {args.csv}: cannot write there (no such folder, "
                                    f"or not writable)")
-    rows = evaluate(args.content, args.style, args.generated)
+    groups = clip_groups(args.clips)
+    encoder = load_encoder() if len(groups) > 1 else None  # one load for several pairs
+    rows, updated = [], []
+    for content, style, generated in groups:
+        rows += evaluate(content, style, generated, encoder=encoder)
+        updated += [report.add_measures(row["file"], row, content, style)
+                    for row in rows[-len(generated):]]
+    for folder in sorted({os.path.dirname(path) for path in updated if path}):
+        report.refresh_page(folder)  # a page beside the records shows the new measures
     width = max(len("file"), *(len(r["file"]) for r in rows))
     print(table_line(COLUMNS, width))
     for row in rows:

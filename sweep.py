@@ -8,7 +8,9 @@ evaluate.py, and writes into -output (default output/):
     sweep_<content>_<style>.png   speaker margin (sim_style - sim_content) against STOI,
                                   one point per weight and seed, with the target lines
     sweep_<content>_<style>.csv   the same figures, one row per weight and seed
-    sweep_<content>_<style>/      each weight's wav and pictures, as train.py writes them
+    sweep_<content>_<style>/      each weight's wav and pictures, as train.py writes them,
+                                  its record (.json) with the measures, and index.html:
+                                  a page to listen to every result, this picture on top
 A larger style weight moves the voice toward the style speaker and costs words; the
 picture shows where a pair of clips lands so the weight can be picked by eye. The
 random CNN's seed moves a result by a few hundredths of margin and STOI; -seeds runs each
@@ -23,6 +25,7 @@ import sys
 import time
 
 import evaluate
+import report
 import train
 import utils
 
@@ -167,6 +170,8 @@ def run(args, parser):
                                   generated[0], runs, 0, args, device)[0]
         seconds = time.perf_counter() - start
         measured = evaluate.evaluate(args.content, args.style, [wav], encoder=encoder)[0]
+        report.write_record(wav, report.run_record(args, args.content, runs, 0, why, device,
+                                                   seconds, measures=measured))
         last = runs[0][1][-1]  # the losses of the first random CNN's run
         rows.append(dict(measured, style_weight=w, seed=seed, seconds=seconds,
                          content_loss=float(last[1][0]), style_loss=float(last[2][0])))
@@ -179,6 +184,8 @@ def run(args, parser):
     write_csv(stem + ".csv", rows)
     plot(rows, stem + ".png", f"{c_name} -> {s_name}: style-weight sweep\n"
                               f"{setting_text(args, parser)}")
+    print(report.write_page(stem, [r["file"] for r in rows], pictures=[stem + ".png"],
+                            title=f"{c_name} -> {s_name}: style-weight sweep"))
     print(stem + ".csv")
     print(stem + ".png")
     return 0

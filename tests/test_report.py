@@ -1,5 +1,6 @@
 """report.py: the record beside each result and the listening page, through train.py,
 sweep.py and evaluate.py, on short synthetic clips."""
+import csv
 import html.parser
 import json
 import os
@@ -14,7 +15,9 @@ import pytest
 import soundfile as sf
 import torch
 
+import evaluate
 import report
+import sweep
 import train
 import utils
 
@@ -174,3 +177,76 @@ def test_rows_show_the_settings_that_differ(tmp_path, tone):
     assert len(rows) == len(page.rows) == 2
     assert "-style_weight 1.0" in rows[0] and "-style_weight 30.0" in rows[1]
     assert "not measured" in rows[0] and "margin +3.000" in rows[1] and "lsd_db" not in rows[1]
+
+
+def test_evaluate_takes_content_and_style_from_the_records(clips, tmp_path, capsys):
+    """evaluate.py with only the generated clips measures each against the clips its
+    record names, as the three-argument form does, and writes the measures into the
+    records and the page; measures against other clips leave the record alone."""
+    low, odd, style = clips
+    out = tmp_path / "out"
+    assert train.main(["-content", low, odd, "-style", style, "-epochs", "2",
+                       "-griffin_lim_iters", "2", "-output", str(out)]) == 0
+    wavs = [str(out / "low_as_high.wav"), str(out / "odd clip #1_as_high.wav")]
+    capsys.readouterr()
+    assert evaluate.main(wavs) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in shown[1:]] == [wavs[0], wavs[1].split()[0]]
+
+    encoder = evaluate.load_encoder()
+    for wav, content in zip(wavs, (low, odd)):
+        [want] = evaluate.evaluate(content, style, [wav], encoder=encoder)
+        got = report.read_record(wav)["measures"]
+        for key in report.MEASURES:
+            assert got[key] == (None if want[key] is None else pytest.approx(want[key],
+                                                                            abs=1e-6)), key
+    _, text = read_page(str(out))
+    assert text.count("margin ") == 2 and "not measured" not in text
+    check_links(str(out))
+
+    before = (out / "low_as_high.json").read_text()
+    assert evaluate.main([style, low, wavs[0]]) == 0  # content and style swapped
+    assert (out / "low_as_high.json").read_text() == before
+
+
+def test_evaluate_without_a_record_or_with_a_broken_one_is_one_line(clips, tmp_path, capsys):
+    low, _, _ = clips
+    wav = shutil.copy(low, tmp_path / "lonely.wav")
+    assert evaluate.main([str(wav)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no record" in err and "give CONTENT STYLE GENERATED" in err
+    (tmp_path / "lonely.json").write_text("{not json")
+    assert evaluate.main([str(wav)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lonely.json: not a readable run record" in err
+
+
+def test_sweep_records_its_measures_and_writes_a_page(clips, tmp_path, capsys):
+    low, _, style = clips
+    out = tmp_path / "out"
+    assert sweep.main(["-content", low, "-style", style, "-weights", "1,10", "-epochs", "2",
+                       "-griffin_lim_iters", "2", "-output", str(out)]) == 0
+    folder = out / "sweep_low_high"
+    assert str(folder / "index.html") in capsys.readouterr().out.splitlines()
+    page = check_links(str(folder))
+    assert "sweep_low_high.png" in page.links  # the trade-off picture, on top
+    with open(out / "sweep_low_high.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["wav"] for r in page.rows] == [os.path.basename(r["file"]) for r in rows]
+    for row in rows:
+        record = report.read_record(row["file"])
+        assert record["settings"]["style_weight"] == float(row["style_weight"])
+        for key in ("margin", "stoi", "sim_style", "sim_content"):
+            assert record["measures"][key] == pytest.approx(float(row[key]), rel=1e-5)
+        # the record's rerun is the train.py command for that one row
+        rerun = settled(shlex.split(record["rerun"])[2:])
+        assert rerun["style_weight"] == float(row["style_weight"])
+        assert rerun["epochs"] == 2 and rerun["content"] == [low]
+    _, text = read_page(str(folder))
+    assert "-style_weight 1.0" in text and "-style_weight 10.0" in text
+
+
+def test_the_measures_are_evaluate_py_s():
+    """report.py names evaluate.py's measures itself (importing evaluate would be a cycle):
+    the two lists must not drift apart."""
+    assert set(report.MEASURES) == set(evaluate.COLUMNS) - {"file"}
