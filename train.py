@@ -492,7 +492,7 @@ def average_magnitudes(log_specs):
 
     Each random CNN leaves texture of its own on top of what all of them agree on; the
     mean keeps the shared part and thins the rest. Magnitudes, not logs, are averaged:
-    measured, that kept more of the style (see the README).
+    measured, that kept more of the style (see EXPERIMENTS.md).
     """
     if len(log_specs) == 1:  # one run: its own spectrogram, bit for bit
         return log_specs[0]
