@@ -244,19 +244,22 @@ def run(args):
                                    f"or not writable)")
     groups = clip_groups(args.clips)
     encoder = load_encoder() if len(groups) > 1 else None  # one load for several pairs
-    rows, updated = [], []
+    measured = []
     for content, style, generated in groups:
-        rows += evaluate(content, style, generated, encoder=encoder)
-        updated += [report.add_measures(row["file"], row, content, style)
-                    for row in rows[-len(generated):]]
-    for folder in sorted({os.path.dirname(path) for path in updated if path}):
-        report.refresh_page(folder)  # a page beside the records shows the new measures
+        measured += [(row, content, style)
+                     for row in evaluate(content, style, generated, encoder=encoder)]
+    rows = [row for row, _, _ in measured]
     width = max(len("file"), *(len(r["file"]) for r in rows))
     print(table_line(COLUMNS, width))
     for row in rows:
         print(table_line(table_cells(row), width))
     if args.csv:
         write_csv(args.csv, rows)
+    # Last, so that a results folder that cannot be written still gets its table printed.
+    updated = [report.add_measures(row["file"], row, content, style)
+               for row, content, style in measured]
+    for folder in sorted({os.path.dirname(path) for path in updated if path}):
+        report.refresh_page(folder)  # a page beside the records shows the new measures
     return 0
 
 

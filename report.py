@@ -114,9 +114,10 @@ def run_record(args, content, runs, index, why, device, seconds, measures=None):
     content: the path of this result's content clip; runs, index: as final_losses;
     why: how the (last) optimisation stopped; device: where it ran; seconds: wall time
     from the start of the run until this result was written; measures: a dict with
-    evaluate.py's MEASURES, or None when none were computed.
+    evaluate.py's MEASURES, or None when none were computed. "iterations" is the total
+    over the random CNNs' runs (-ensemble); "runs" has each one's.
     """
-    settings = {k: v for k, v in vars(args).items()}
+    settings = dict(vars(args))
     per_run = final_losses(runs, index)
     record = {
         "record_version": RECORD_VERSION,
@@ -145,16 +146,23 @@ def pick_measures(measures):
     return {k: (None if measures.get(k) is None else float(measures[k])) for k in MEASURES}
 
 
-def write_record(wav_path, record):
-    """Write `record` as `<name>.json` beside `wav_path`, atomically; returns its path."""
-    path = record_path(wav_path)
-    text = json.dumps(record, indent=2, default=str) + "\n"  # default: numpy scalars, paths
-
+def write_text(path, text):
+    """Write `text` to `path` atomically; a folder that refuses it is an AudioError naming
+    the file (evaluate.py may be adding measures to results in someone else's folder)."""
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-    utils.atomic_write(path, write)
+    try:
+        utils.atomic_write(path, write)
+    except OSError as e:
+        raise utils.AudioError(f"{path}: cannot write ({e.strerror or e})") from None
     return path
+
+
+def write_record(wav_path, record):
+    """Write `record` as `<name>.json` beside `wav_path`, atomically; returns its path."""
+    # default=str: numpy scalars and anything else a setting may hold, as text
+    return write_text(record_path(wav_path), json.dumps(record, indent=2, default=str) + "\n")
 
 
 def read_record(wav_path):
@@ -210,12 +218,21 @@ def copy_sources(folder, paths):
     so the page can link to it relatively. A .wav is copied byte for byte; another format
     (flac, ogg, ...) is written as a wav of what train.py heard (mono, 22050 Hz), which
     every browser plays. Returns {realpath: link relative to folder}."""
-    links, taken = {}, set()
-    os.makedirs(os.path.join(folder, SOURCES), exist_ok=True)
+    try:
+        os.makedirs(os.path.join(folder, SOURCES), exist_ok=True)
+        return _copy_sources(folder, paths)
+    except OSError as e:
+        raise utils.AudioError(f"{os.path.join(folder, SOURCES)}: cannot copy the clips "
+                               f"there ({e.strerror or e})") from None
+
+
+def _copy_sources(folder, paths):
+    links, taken, done = {}, set(), set()
     for path in paths:
         key = os.path.realpath(path)
-        if key in links:
+        if key in done:
             continue
+        done.add(key)
         stem = os.path.splitext(os.path.basename(path))[0]
         name, n = f"{stem}.wav", 1
         while name in taken:  # two clips of one name from different folders
@@ -223,7 +240,13 @@ def copy_sources(folder, paths):
             name = f"{stem}_{n}.wav"
         taken.add(name)
         target = os.path.join(folder, SOURCES, name)
-        if os.path.splitext(path)[1].lower() == ".wav":
+        if not os.path.isfile(path):  # moved since the run: keep the copy made then, if any
+            if os.path.isfile(target):
+                links[key] = f"{SOURCES}/{name}"
+            continue
+        if key == os.path.realpath(target):  # a clip from this very page's sources/
+            pass
+        elif os.path.splitext(path)[1].lower() == ".wav":
             utils.atomic_write(target, lambda tmp: shutil.copyfile(path, tmp))
         else:
             utils.save_wav(target, utils.load_audio(path))
@@ -235,9 +258,8 @@ def differing_settings(records):
     """The setting names whose values are not the same in every record (sorted), and the
     dict of those that are, leaving out NOT_SHOWN."""
     keys = sorted({k for r in records for k in r.get("settings", {})} - NOT_SHOWN)
-    missing = object()
-    differ = [k for k in keys
-              if len({json.dumps(r.get("settings", {}).get(k, missing), default=str)
+    differ = [k for k in keys  # compared as JSON text: lists and None compare as written
+              if len({json.dumps(r.get("settings", {}).get(k, "<absent>"), default=str)
                       for r in records}) > 1]
     shared = {k: records[0]["settings"].get(k) for k in keys if k not in differ}
     return differ, shared
@@ -381,16 +403,11 @@ def write_page(folder, wav_paths, title=None, pictures=()):
     if title is None:
         styles = sorted({os.path.splitext(os.path.basename(r["style"]))[0]
                          for r in records if r.get("style")})
-        title = f"{len(rows)} voice transfers" + (f" to {', '.join(styles)}" if styles else "")
+        title = (f"{len(rows)} voice transfer{'s' if len(rows) != 1 else ''}"
+                 + (f" to {', '.join(styles)}" if styles else ""))
     text = page_html(title, rows, [_setting_text(k, v) for k, v in shared.items()
                                    if v is not None and v is not False], links)
-    path = os.path.join(folder, PAGE)
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    utils.atomic_write(path, write)
-    return path
+    return write_text(os.path.join(folder, PAGE), text)
 
 
 class _PageReader(html.parser.HTMLParser):

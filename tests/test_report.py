@@ -1,6 +1,7 @@
 """report.py: the record beside each result and the listening page, through train.py,
 sweep.py and evaluate.py, on short synthetic clips."""
 import csv
+import html
 import html.parser
 import json
 import os
@@ -250,3 +251,39 @@ def test_the_measures_are_evaluate_py_s():
     """report.py names evaluate.py's measures itself (importing evaluate would be a cycle):
     the two lists must not drift apart."""
     assert set(report.MEASURES) == set(evaluate.COLUMNS) - {"file"}
+
+
+def test_an_ensemble_gets_a_page_and_each_run_in_the_record(clips, tmp_path, capsys):
+    low, _, style = clips
+    out = tmp_path / "out"
+    assert train.main(["-content", low, "-style", style, "-epochs", "2", "-ensemble", "2",
+                       "-seed", "5", "-griffin_lim_iters", "2", "-output", str(out)]) == 0
+    page = check_links(str(out))
+    assert [r["wav"] for r in page.rows] == ["low_as_high.wav"]
+    record = report.read_record(str(out / "low_as_high.wav"))
+    assert record["seeds"] == [5, 6] and record["iterations"] == 4
+    assert [r["iterations"] for r in record["runs"]] == [2, 2]
+    assert record["runs"][0]["style_loss"] != record["runs"][1]["style_loss"]  # two networks
+    assert "mean of the random CNNs' runs" in html.unescape(read_page(str(out))[1])
+
+
+def test_a_record_that_cannot_be_written_is_one_line_after_the_table(clips, tmp_path, capsys,
+                                                                     monkeypatch):
+    """Measuring results in a folder that refuses writes still prints the measures; the
+    record that could not take them is named in one line, exit status 2."""
+    low, _, style = clips
+    out = tmp_path / "out"
+    assert train.main(["-content", low, "-style", style, "-epochs", "2",
+                       "-griffin_lim_iters", "2", "-output", str(out)]) == 0
+    capsys.readouterr()
+    before = (out / "low_as_high.json").read_text()
+
+    def refuse(path, write):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(utils, "atomic_write", refuse)
+    assert evaluate.main([str(out / "low_as_high.wav")]) == 2
+    printed, err = capsys.readouterr()
+    assert printed.splitlines()[0].split() == evaluate.COLUMNS and len(printed.splitlines()) == 2
+    assert err == f"evaluate.py: error: {out / 'low_as_high.json'}: cannot write " \
+                  f"(Permission denied)\n"
+    assert (out / "low_as_high.json").read_text() == before
