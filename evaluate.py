@@ -9,15 +9,24 @@ Prints one row per generated clip, and adds its measures to the clip's record
     sim_content  the same against the content clip's
     margin       sim_style - sim_content: above 0 when it sounds more like the style speaker
     stoi         intelligibility kept from the content (STOI against the content, 1 = all)
+    wer          word error rate of the words a recogniser (PocketSphinx, US English) hears
+                 in the clip against those it hears in the content: 0 = the same words;
+                 "-" when it hears none in the content
+    dnsmos_ovrl  DNSMOS P.835 (1-5, higher is better): a network trained on listeners'
+    dnsmos_sig   opinion scores rates the overall quality, the speech signal and the
+    dnsmos_bak   background (noise) of the clip on its own, with no reference
     lsd_db       log-spectral distance between the spectrogram train.py optimised and the
                  spectrogram of the wav it wrote, i.e. what Griffin-Lim lost; read from
                  <name>_spectrogram.npy beside <name>.wav (train.py -save_spectrogram),
                  "-" when there is none
-The speaker embeddings are Resemblyzer's d-vectors; its package ships the trained weights,
-so nothing is downloaded. Needs `pip install -r requirements-eval.txt`.
+The speaker embeddings are Resemblyzer's d-vectors, DNSMOS is speechmos's ONNX models and
+the recogniser PocketSphinx's English model; each package ships its trained weights, so
+nothing is downloaded. They are judges only: nothing here feeds back into a transfer.
+Needs `pip install -r requirements-eval.txt`.
 """
 import argparse
 import csv
+import functools
 import os
 import sys
 import warnings
@@ -29,8 +38,11 @@ import report
 import utils
 from train import OneLineParser
 
-COLUMNS = ["file", "sim_style", "sim_content", "margin", "stoi", "lsd_db"]
-ENCODER_RATE = 16000  # what Resemblyzer's encoder was trained on
+COLUMNS = ["file", "sim_style", "sim_content", "margin", "stoi", "wer", "dnsmos_ovrl",
+           "dnsmos_sig", "dnsmos_bak", "lsd_db"]
+DECIMALS = {"dnsmos_ovrl": 2, "dnsmos_sig": 2, "dnsmos_bak": 2, "lsd_db": 2}  # else 3
+ENCODER_RATE = 16000  # what Resemblyzer's encoder was trained on; DNSMOS and
+# PocketSphinx's model take 16 kHz too, so one load at this rate serves all three
 STOI_RATE = 10000  # the rate STOI is defined at; clips are resampled to it once, here
 ENVELOPE_WINDOW, ENVELOPE_HOP = 200, 50  # 20 ms frames every 5 ms at STOI_RATE
 LSD_RANGE_DB = 80  # magnitudes below the reference's peak minus this count as the floor
@@ -47,10 +59,12 @@ def eval_packages():
             # webrtcvad (Resemblyzer's VAD) warns that pkg_resources is deprecated, and
             # Resemblyzer imports scipy.ndimage.morphology: notices about them, not about us.
             warnings.simplefilter("ignore")
+            import pocketsphinx  # noqa: F401 (checked here; load_recogniser uses it)
             import pystoi
             import resemblyzer
+            import speechmos.dnsmos  # noqa: F401 (checked here; dnsmos uses it)
     except ImportError as e:
-        name = e.name or str(e)
+        name = (e.name or str(e)).split(".")[0]  # speechmos.dnsmos: the package speechmos
         if name == "pkg_resources":  # removed from setuptools 81 on; webrtcvad imports it
             name = "setuptools<81 (pkg_resources, which webrtcvad imports)"
         raise MissingPackage(f"missing package {name}: "
@@ -118,6 +132,59 @@ def stoi_score(generated, content, sr=STOI_RATE):
     return float(pystoi.stoi(content, align(generated, content), sr))
 
 
+def word_error_rate(reference, hypothesis):
+    """(substitutions + deletions + insertions) / len(reference), the fewest word edits
+    that turn the `reference` word list into `hypothesis` (Levenshtein over words); None
+    when the reference has no words, where a rate means nothing."""
+    if not reference:
+        return None
+    previous = list(range(len(hypothesis) + 1))  # edits from an empty reference
+    for i, word in enumerate(reference, 1):
+        current = [i]
+        for j, heard in enumerate(hypothesis, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1,
+                               previous[j - 1] + (word != heard)))
+        previous = current
+    return previous[-1] / len(reference)
+
+
+@functools.lru_cache(maxsize=None)
+def load_recogniser():
+    """PocketSphinx's decoder with the US English model from its own package folder."""
+    eval_packages()
+    import pocketsphinx
+    return pocketsphinx.Decoder(samprate=ENCODER_RATE, loglevel="FATAL")
+
+
+def transcript(y):
+    """The words the recogniser hears in a clip sampled at ENCODER_RATE, lower case."""
+    decoder = load_recogniser()
+    pcm = (np.clip(y, -1, 1) * 32767).astype("<i2").tobytes()  # it reads 16-bit samples
+    decoder.start_utt()
+    decoder.process_raw(pcm, full_utt=True)
+    decoder.end_utt()
+    heard = decoder.hyp()
+    return heard.hypstr.lower().split() if heard is not None else []
+
+
+# ------------------------------------------------------------------------------ naturalness
+
+def dnsmos(y):
+    """DNSMOS P.835 of a clip sampled at ENCODER_RATE: {"dnsmos_ovrl", "dnsmos_sig",
+    "dnsmos_bak"}, each on the 1-5 opinion scale. Clips under 9 s are repeated to 9 s by
+    speechmos, as DNSMOS's own scripts do; longer ones are rated in 9 s windows a second
+    apart and averaged."""
+    eval_packages()
+    from speechmos import dnsmos as model
+    y = np.asarray(y, np.float32)
+    peak = float(np.max(np.abs(y)))
+    if peak > 1:  # speechmos refuses samples outside [-1, 1]; resampling can overshoot
+        y = y / peak
+    scores = model.run(y, ENCODER_RATE)
+    return {"dnsmos_ovrl": float(scores["ovrl_mos"]), "dnsmos_sig": float(scores["sig_mos"]),
+            "dnsmos_bak": float(scores["bak_mos"])}
+
+
 # ------------------------------------------------------------------------------ Griffin-Lim loss
 
 def log_spectral_distance(reference, other):
@@ -156,7 +223,8 @@ def saved_spectrogram(wav_path):
 # ------------------------------------------------------------------------------ the whole row
 
 def evaluate(content, style, generated_paths, encoder=None):
-    """One dict per generated clip, keys COLUMNS (lsd_db None without a saved spectrogram).
+    """One dict per generated clip, keys COLUMNS (lsd_db None without a saved spectrogram,
+    wer None when the recogniser hears no words in the content).
 
     Every file is read and checked before any measuring; pass `encoder` (load_encoder())
     to reuse one across calls.
@@ -169,6 +237,7 @@ def evaluate(content, style, generated_paths, encoder=None):
                  for path in generated_paths]
     encoder = encoder or load_encoder()
     content_embedding = speaker_embedding(content_16k, encoder)
+    content_words = transcript(content_16k)
     style_embedding = speaker_embedding(style_16k, encoder)
     rows = []
     for path, y_16k, y_stoi, spec in generated:
@@ -182,7 +251,9 @@ def evaluate(content, style, generated_paths, encoder=None):
             lsd = log_spectral_distance(spec, written)
         rows.append({"file": path, "sim_style": sim_style, "sim_content": sim_content,
                      "margin": sim_style - sim_content,
-                     "stoi": stoi_score(y_stoi, content_stoi), "lsd_db": lsd})
+                     "stoi": stoi_score(y_stoi, content_stoi),
+                     "wer": word_error_rate(content_words, transcript(y_16k)),
+                     **dnsmos(y_16k), "lsd_db": lsd})
     return rows
 
 
@@ -202,14 +273,20 @@ def build_parser():
 
 
 def table_line(cells, width):
-    """The file name left-aligned in `width`, then the five measures right-aligned."""
-    return " ".join([f"{cells[0]:<{width}}"] + [f"{c:>11}" for c in cells[1:5]]
-                    + [f"{cells[5]:>8}"])
+    """The file name left-aligned in `width`, then the measures right-aligned under their
+    names."""
+    return " ".join([f"{cells[0]:<{width}}"] + [f"{c:>{max(7, len(name))}}"
+                                               for c, name in zip(cells[1:], COLUMNS[1:])])
+
+
+def cell(row, column, extra_decimals=0):
+    """A measure as text, "" for None; the CSV asks for more decimals than the table."""
+    value = row[column]
+    return "" if value is None else f"{value:.{DECIMALS.get(column, 3) + extra_decimals}f}"
 
 
 def table_cells(row):
-    lsd = "-" if row["lsd_db"] is None else f"{row['lsd_db']:.2f}"
-    return [row["file"]] + [f"{row[k]:.3f}" for k in COLUMNS[1:5]] + [lsd]
+    return [row["file"]] + [cell(row, k) or "-" for k in COLUMNS[1:]]
 
 
 def write_csv(path, rows):
@@ -218,8 +295,7 @@ def write_csv(path, rows):
             out = csv.writer(f)
             out.writerow(COLUMNS)
             for row in rows:
-                out.writerow([row["file"]] + [f"{row[k]:.6f}" for k in COLUMNS[1:5]]
-                             + ["" if row["lsd_db"] is None else f"{row['lsd_db']:.4f}"])
+                out.writerow([row["file"]] + [cell(row, k, 3) for k in COLUMNS[1:]])
     utils.atomic_write(path, write)
 
 
