@@ -70,6 +70,7 @@ def build_parser():
     p.add_argument("-seeds", type=seed_list, default=None,
                    help="comma-separated seeds to run each weight with (default: -seed)")
     p.set_defaults(optimizer="lbfgs", epochs=300, style_weight=None)
+    p.set_by_caller = ("style_weight",)  # a -preset's style weight: -weights replaces it
     return p
 
 

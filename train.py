@@ -76,9 +76,48 @@ def vocoder_name(text):
     return text
 
 
+# A preset is a set of flag values filled in before the command line is read: a flag given
+# explicitly overrides the preset's value, which overrides the default. Adding one is adding
+# an entry here (keys are the flags' names without the dash).
+PRESETS = {
+    # The reference's exact run, every setting of its method spelled out, so that it stays
+    # the reference's whatever this project's defaults become.
+    "reference": dict(optimizer="adam", epochs=20000, learning_rate=0.001, init="noise",
+                      content_weight=100.0, style_weight=1.0, kernel="3x1", channels=32,
+                      pitch_ratio=1.0, formant_ratio=1.0, ensemble=1, follow_loudness=0.0,
+                      phase="random", griffin_lim_iters=50, griffin_lim_momentum=0.0,
+                      vocoder="griffin_lim"),
+}
+
+
+def preset_flags(name):
+    """The preset as command-line flags, e.g. ['-optimizer', 'adam', '-epochs', '20000']."""
+    return [text for key, value in PRESETS[name].items()
+            for text in (f"-{key}", f"{value:g}" if isinstance(value, float) else f"{value}")]
+
+
+class PresetParser(OneLineParser):
+    """Reads -preset first, then the whole command line over the preset's values."""
+    set_by_caller = ()  # flags the program on top sets itself (sweep.py: the style weight)
+
+    def parse_known_args(self, args=None, namespace=None):
+        first, _ = super().parse_known_args(args)
+        if getattr(first, "preset", None):
+            namespace = namespace or argparse.Namespace()
+            for key, value in PRESETS[first.preset].items():
+                # argparse leaves what the namespace holds unless a flag sets it
+                if key not in self.set_by_caller and not hasattr(namespace, key):
+                    setattr(namespace, key, value)
+        return super().parse_known_args(args, namespace)
+
+
 def build_parser():
-    p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0],
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = PresetParser(prog="train.py", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-preset", choices=sorted(PRESETS), default=None,
+                   help="start from a named set of flag values; flags given override them. "
+                        + "; ".join(f"{name}: {' '.join(preset_flags(name))}"
+                                    for name in sorted(PRESETS)))
     p.add_argument("-content", nargs="+", default=[os.path.join(HERE, "input", "male.wav")],
                    help="content clip(s) or folder(s) of clips; several are optimised as one batch")
     p.add_argument("-style", default=os.path.join(HERE, "input", "female.wav"),

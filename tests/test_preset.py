@@ -1,0 +1,62 @@
+"""-preset: a named set of flag values that explicit flags override."""
+import os
+
+import pytest
+
+import sweep
+import train
+from conftest import ROOT
+
+# The reference's exact run (the issue's words: Adam, 20000 iterations, noise start,
+# random-phase Griffin-Lim, plain Griffin-Lim), with the rest of its method spelled out.
+REFERENCE = ("-optimizer adam -epochs 20000 -learning_rate 0.001 -init noise "
+             "-content_weight 100 -style_weight 1 -kernel 3x1 -channels 32 -pitch_ratio 1 "
+             "-formant_ratio 1 -ensemble 1 -follow_loudness 0 -phase random "
+             "-griffin_lim_iters 50 -griffin_lim_momentum 0 -vocoder griffin_lim").split()
+
+
+def parse(argv, parser=None):
+    return vars((parser or train.build_parser()).parse_args(argv))
+
+
+def test_reference_expands_to_the_documented_flags():
+    assert train.preset_flags("reference") == REFERENCE
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert " ".join(REFERENCE) in " ".join(f.read().split())  # the README says so
+    preset = parse(["-preset", "reference"])
+    assert preset.pop("preset") == "reference"
+    assert preset == {k: v for k, v in parse(REFERENCE).items() if k != "preset"}  # as typed
+    assert preset["style_kernel"] is None and preset["normalize_gram"] is False
+
+
+@pytest.mark.parametrize("argv", [["-preset", "reference", "-epochs", "5", "-phase", "content"],
+                                  ["-epochs", "5", "-phase", "content", "-preset", "reference"]])
+def test_explicit_flags_override_the_preset_wherever_they_stand(argv):
+    args = parse(argv)
+    assert args["epochs"] == 5 and args["phase"] == "content"  # given
+    assert args["optimizer"] == "adam" and args["learning_rate"] == 0.001  # the preset's
+
+
+def test_without_a_preset_the_defaults_stay():
+    args = parse([])
+    assert args["preset"] is None and args["optimizer"] == "lbfgs" and args["epochs"] is None
+
+
+def test_a_parser_can_parse_twice_without_keeping_a_preset():
+    parser = train.build_parser()
+    assert parse(["-preset", "reference"], parser)["optimizer"] == "adam"
+    assert parse([], parser)["optimizer"] == "lbfgs"
+
+
+def test_sweep_takes_the_preset_but_keeps_its_weights():
+    args = parse(["-preset", "reference", "-weights", "1,30"], sweep.build_parser())
+    assert args["optimizer"] == "adam" and args["epochs"] == 20000
+    assert args["style_weight"] is None and args["weights"] == [1.0, 30.0]
+
+
+def test_unknown_preset_is_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        train.build_parser().parse_args(["-preset", "nope"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "-preset" in err and "reference" in err
