@@ -30,8 +30,9 @@ import train
 import utils
 
 TARGET_MARGIN, TARGET_STOI = 0.15, 0.80  # issue 5's target: this margin or more at this STOI
-COLUMNS = ["style_weight", "seed", "margin", "stoi", "sim_style", "sim_content", "lsd_db",
-           "content_loss", "style_loss", "seconds", "file"]
+COLUMNS = ["style_weight", "seed", "margin", "stoi", "wer", "dnsmos_ovrl", "dnsmos_sig",
+           "dnsmos_bak", "sim_style", "sim_content", "lsd_db", "content_loss", "style_loss",
+           "seconds", "file"]
 
 
 def _comma_separated(text, kind, noun):

@@ -40,6 +40,7 @@ def test_sweep_end_to_end(tmp_path):
         assert margin == pytest.approx(sim_style - sim_content, abs=1e-5)
         assert -1 <= sim_style <= 1 and -1 <= sim_content <= 1
         assert 0 < stoi <= 1
+        assert float(r["wer"]) >= 0 and 1 <= float(r["dnsmos_ovrl"]) <= 5
         assert float(r["seconds"]) > 0
         assert os.path.exists(r["file"]) and r["file"].endswith(".wav")
         assert os.path.dirname(r["file"]) == str(out / "sweep_male_female")
