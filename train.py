@@ -62,13 +62,10 @@ def ratio(text):
     return text if text == "auto" else number(float, 0, low_ok=False)(text)
 
 
-VOCODERS = ["griffin_lim", "hifigan", "hifigan_mel"]
-
-
 def vocoder_name(text):
-    """-vocoder's value; a HiFi-GAN one is refused here, before any work, when its
-    weights are not installed."""
-    if text.startswith("hifigan"):
+    """-vocoder's value; hifigan is refused here, before any work, when its weights are
+    not installed."""
+    if text == "hifigan":
         try:
             vocoder.weights_path()
         except vocoder.VocoderError as e:
@@ -163,11 +160,11 @@ def build_parser():
                    help="0: plain Griffin-Lim (the reference); 0.99: the fast variant")
     p.add_argument("-phase", choices=["random", "content"], default="random",
                    help="Griffin-Lim's starting phase: random (the reference) or the content's")
-    p.add_argument("-vocoder", type=vocoder_name, choices=VOCODERS, default="griffin_lim",
-                   help="griffin_lim (the reference); hifigan: the universal HiFi-GAN "
-                        "re-renders Griffin-Lim's waveform from its mel spectrogram; "
-                        "hifigan_mel: HiFi-GAN from the optimised spectrogram's mel bands, "
-                        "no Griffin-Lim")
+    p.add_argument("-vocoder", type=vocoder_name, choices=["griffin_lim", "hifigan"],
+                   default="griffin_lim",
+                   help="griffin_lim (the reference); hifigan: the universal HiFi-GAN, a "
+                        "trained neural vocoder, re-renders Griffin-Lim's waveform from its "
+                        "mel spectrogram")
     p.add_argument("-style_form", choices=["auto", "time", "gram"], default="auto",
                    help="exact form of the style loss: T x T products, 8160 x 8160 Grams, "
                         "or whichever is cheaper for the clips")
@@ -477,15 +474,12 @@ def write_outputs(out_dir, name, content_audio, content_spec, style_spec, genera
     has the curves of each.
     """
     base = os.path.join(out_dir, name)
-    if args.vocoder == "hifigan_mel":
-        audio = vocoder.from_log_spectrogram(generated, len(content_audio), device)
-    else:
-        phase = np.angle(utils.stft(content_audio)) if args.phase == "content" else None
-        audio = utils.griffin_lim(generated, len(content_audio), iters=args.griffin_lim_iters,
-                                  phase=phase, momentum=args.griffin_lim_momentum,
-                                  seed=args.seed, device=device)
-        if args.vocoder == "hifigan":
-            audio = vocoder.from_audio(audio, device)
+    phase = np.angle(utils.stft(content_audio)) if args.phase == "content" else None
+    audio = utils.griffin_lim(generated, len(content_audio), iters=args.griffin_lim_iters,
+                              phase=phase, momentum=args.griffin_lim_momentum, seed=args.seed,
+                              device=device)
+    if args.vocoder == "hifigan":
+        audio = vocoder.from_audio(audio, device)
     utils.save_wav(base + ".wav", audio)
     utils.plot_spectrograms([("content", content_spec), ("style", style_spec),
                              ("generated", generated)], base + "_spectrograms.png")

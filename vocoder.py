@@ -7,10 +7,9 @@ __init__ imports torchaudio, whose install would pull another torch build of sev
 so the package is never imported: importlib finds where it is installed, and only its
 weight file is read, into the generator network written here.
 
-Two ways in, both measured (see the README):
-    from_audio(y)                    Griffin-Lim's waveform -> its mel -> HiFi-GAN
-    from_log_spectrogram(S, length)  the optimised log1p spectrogram (n_fft 512, hop 128)
-                                     mapped straight to the generator's mel bands
+train.py -vocoder hifigan hands it the mel spectrogram of Griffin-Lim's waveform
+(from_audio). The other way in, the optimised spectrogram mapped straight to the mel bands,
+measured worse (see the README) and was dropped.
 """
 import functools
 import importlib.util
@@ -135,10 +134,10 @@ def load(device="cpu"):
 # ------------------------------------------------------------------------------ mels
 
 @functools.lru_cache(maxsize=None)
-def mel_basis(n_fft):
+def mel_basis():
     """The generator's 80 mel bands (Slaney scale and area, 0 to 8 kHz) over the bins of
-    an `n_fft`-point STFT at 22050 Hz."""
-    return librosa.filters.mel(sr=RATE, n_fft=n_fft, n_mels=N_MELS, fmin=0, fmax=FMAX)
+    its 1024-point STFT."""
+    return librosa.filters.mel(sr=RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=0, fmax=FMAX)
 
 
 def mel_from_audio(y):
@@ -149,42 +148,7 @@ def mel_from_audio(y):
     pad = (N_FFT - HOP) // 2
     padded = np.pad(y, (pad, pad), mode="reflect")
     spectrum = np.abs(librosa.stft(padded, n_fft=N_FFT, hop_length=HOP, center=False))
-    return np.log(np.maximum(mel_basis(N_FFT) @ spectrum, LOG_FLOOR))
-
-
-@functools.lru_cache(maxsize=None)
-def window_gain():
-    """Per mel band, how much larger a band total is with the 1024-point window than with
-    the 512-point one, for speech.
-
-    The longer window sums to twice as much: a partial that stands alone in its bins
-    (a low harmonic) has a peak, and with the same bands in Hz a band total, twice as large.
-    Noise, and partials the shorter window cannot tell apart, spread over twice as many
-    bins at sqrt(2) times the magnitude each: 2 sqrt(2). Measured on five speech clips
-    (input/ and ../shared), the log gap above the factor 2 rose from 0.07 in the lowest ten
-    bands to 0.33 around 1.4 kHz and stayed at 0.32-0.42 above: so the factor runs from 2
-    at 0 Hz to 2 sqrt(2) at 1.4 kHz, and 2 sqrt(2) beyond.
-    """
-    centres = librosa.mel_frequencies(n_mels=N_MELS + 2, fmin=0, fmax=FMAX)[1:-1]
-    return 2 * np.sqrt(2) ** np.clip(centres / 1400, 0, 1)
-
-
-def mel_from_log_spectrogram(log_spec, length):
-    """The optimised log1p spectrogram (n_fft 512, hop 128, centred frames) mapped to the
-    generator's mel frames for a clip of `length` samples (a whole number of hops).
-
-    Frequency: the mel bands over the 512-point bins, times window_gain().
-    Time: mel frame u is centred on sample 256u + 128, where 512-point frame 2u + 1 is;
-    frames 2u, 2u + 1, 2u + 2 weighted 1/4, 1/2, 1/4 (the longer window's reach, and a
-    low-pass before every second frame is dropped); past the last frame, the last.
-    """
-    magnitude = utils.magnitude(log_spec)
-    centre = 2 * np.arange(length // HOP) + 1
-    last = magnitude.shape[1] - 1
-    frames = sum(w * magnitude[:, np.minimum(centre + d, last)]
-                 for d, w in ((-1, 0.25), (0, 0.5), (1, 0.25)))
-    bands = window_gain()[:, None] * (mel_basis(utils.N_FFT) @ frames)
-    return np.log(np.maximum(bands, LOG_FLOOR))
+    return np.log(np.maximum(mel_basis() @ spectrum, LOG_FLOOR))
 
 
 # ------------------------------------------------------------------------------ synthesis
@@ -197,16 +161,6 @@ def synthesise(mel, device="cpu"):
     return net(x)[0].cpu().numpy()
 
 
-def render(mel, gain, length, device="cpu"):
-    """HiFi-GAN's `length` samples from a log-mel of a clip scaled by `gain`, scaled back."""
-    out = synthesise(mel + np.log(gain), device)[:length]
-    return (out / gain).astype(np.float32)
-
-
-def whole_hops(length):
-    return -(-length // HOP) * HOP
-
-
 def from_audio(y, device="cpu"):
     """HiFi-GAN's rendering of a 22050 Hz waveform (e.g. Griffin-Lim's), at its length
     and level."""
@@ -214,25 +168,7 @@ def from_audio(y, device="cpu"):
     rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64))))
     if rms == 0:
         return np.zeros_like(y)
-    mel = mel_from_audio(np.pad(y, (0, whole_hops(len(y)) - len(y))))  # the last part-hop
-    return render(mel, TRAINING_RMS / rms, len(y), device)             # padded, then cut
-
-
-def rms_of_log_spectrogram(log_spec, length):
-    """The RMS level of the clip a log1p spectrogram (utils.N_FFT, hop N_FFT / 4, periodic
-    Hann) describes, whatever its phase. By Parseval, each frame's squared magnitudes over
-    the whole spectrum sum to N_FFT times its windowed samples' squares; the squared
-    windows overlap-add to sum(w^2) / hop = 1.5 at every sample."""
-    power = utils.magnitude(log_spec) ** 2
-    whole = 2 * power.sum(axis=0) - power[0] - power[-1]  # the bins above N/2 mirror 1..N/2-1
-    return float(np.sqrt(whole.sum() / (utils.N_FFT * 1.5 * length)))
-
-
-def from_log_spectrogram(log_spec, length, device="cpu"):
-    """HiFi-GAN's `length` samples for an optimised log1p spectrogram, with no waveform
-    in between."""
-    rms = rms_of_log_spectrogram(log_spec, length)
-    if rms == 0:
-        return np.zeros(length, np.float32)
-    mel = mel_from_log_spectrogram(log_spec, whole_hops(length))
-    return render(mel, TRAINING_RMS / rms, length, device)
+    gain = TRAINING_RMS / rms
+    whole = -(-len(y) // HOP) * HOP  # the last part-hop padded with silence, then cut
+    mel = mel_from_audio(np.pad(y * gain, (0, whole - len(y))))
+    return (synthesise(mel, device)[:len(y)] / gain).astype(np.float32)
