@@ -33,7 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RECORD_VERSION = 1
 PAGE = "index.html"
 SOURCES = "sources"  # the page's copies of the content and style clips
-MEASURES = ["margin", "stoi", "sim_style", "sim_content", "lsd_db"]  # evaluate.py's
+MEASURES = ["margin", "stoi", "wer", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "sim_style",
+            "sim_content", "lsd_db"]  # evaluate.py's
 # Settings a rerun cannot take from the record as flags: sweep.py's own lists.
 NOT_TRAIN_FLAGS = ("weights", "seeds")
 # Shown by each row's players already, or only about where files went / how much is printed.
