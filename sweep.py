@@ -49,7 +49,10 @@ def weight_list(text):
 
 
 def seed_list(text):
-    return list(dict.fromkeys(_comma_separated(text, int, "integers")))  # as given, once each
+    seeds = _comma_separated(text, int, "integers")
+    for seed in seeds:  # each within what train.py's -seed takes, with its message
+        train.seed_number(str(seed))
+    return list(dict.fromkeys(seeds))  # as given, once each
 
 
 def build_parser():
@@ -143,6 +146,7 @@ def run(args, parser):
         raise train.UsageError(f"-content: give one clip, not {len(args.content)}")
     args.content = args.content[0]
     train.settle_defaults(args)
+    train.check_seeds(args.seeds or [args.seed], args.ensemble)
     device = train.pick_device(args.device)
     content = utils.load_audio(args.content)
     style = utils.load_audio(args.style)

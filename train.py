@@ -39,17 +39,33 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see -h)\n")
 
 
-def number(kind, low, low_ok=True):
+def number(kind, low, low_ok=True, high=None):
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or value < low or (value == low and not low_ok):
+        # math.isfinite would overflow on an int of 400 digits; an int is finite anyway
+        finite = kind is int or math.isfinite(value)
+        if not finite or value < low or (value == low and not low_ok):
             bound = f">= {low}" if low_ok else f"> {low}"
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
         return value
     return parse
+
+
+# torch seeds its generators with an unsigned 64-bit number, numpy's with one >= 0
+MAX_SEED = 2 ** 64 - 1
+seed_number = number(int, 0, high=MAX_SEED)
+
+
+def check_seeds(seeds, ensemble=1):
+    """-ensemble K runs the seeds s .. s+K-1 of each given seed: all must be valid."""
+    if max(seeds) + ensemble - 1 > MAX_SEED:
+        raise UsageError(f"-seed {max(seeds)} with -ensemble {ensemble} runs seeds up to "
+                         f"{max(seeds) + ensemble - 1}, past the largest, {MAX_SEED}")
 
 
 def ratio(text):
@@ -87,7 +103,7 @@ def build_parser():
     p.add_argument("-plot_interval", type=number(int, 1), default=None,
                    help="record a point of the loss curve every this many iterations "
                         "(default: 200 points in all)")
-    p.add_argument("-seed", type=int, default=0,
+    p.add_argument("-seed", type=seed_number, default=0,
                    help="random CNN weights, initial spectrogram and Griffin-Lim phase")
     p.add_argument("-device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("-kernel", choices=["3x1", "3x3"], default="3x1",
@@ -551,6 +567,7 @@ def settle_defaults(args):
 
 def run(args):
     settle_defaults(args)
+    check_seeds([args.seed], args.ensemble)
     device = pick_device(args.device)
     files = content_paths(args.content)
     contents = [utils.load_audio(f) for f in files]  # every input is checked before any work

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import utils
 from model import RandomCNN
-from train import OneLineParser, UsageError, number, pick_device
+from train import OneLineParser, UsageError, number, pick_device, seed_number
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 TILE_BYTES = 1 << 30  # the Gram tile of every utterance at once: the largest thing held
@@ -61,7 +61,7 @@ def build_parser():
                    help="the first this many utterances of each speaker (default: %(default)s)")
     p.add_argument("-train", type=number(int, 1), default=None,
                    help="training utterances per speaker (default: 9 of every 15; see below)")
-    p.add_argument("-seed", type=int, default=0,
+    p.add_argument("-seed", type=seed_number, default=0,
                    help="seed of the random CNN's weights (default: %(default)s)")
     p.add_argument("-device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: cuda when there is one (default: %(default)s)")

@@ -77,6 +77,12 @@ def test_seeds_must_be_integers(capsys):
     assert e.value.code == 2
     assert "not a comma-separated list of integers" in capsys.readouterr().err
     assert sweep.build_parser().parse_args(["-seeds", "2,0,2"]).seeds == [2, 0]
+    for bad, words in (("0,-5", "must be >= 0, got -5"),
+                       (f"1,{2 ** 64}", f"must be <= {2 ** 64 - 1}")):
+        with pytest.raises(SystemExit) as e:
+            sweep.build_parser().parse_args(["-seeds", bad])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and words in err and err.count("\n") == 1, err
 
 
 def test_each_weight_runs_with_each_seed(tmp_path):

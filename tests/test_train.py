@@ -87,6 +87,13 @@ def test_every_bad_file_as_content_or_style(bad_files, clips, tmp_path, capsys):
     (["-learning_rate", "0"], "must be > 0"),
     (["-kernel", "5x5"], "invalid choice"),
     (["-ensemble", "0"], "must be >= 1"),
+    # numpy takes no negative seed (it crashed in Griffin-Lim, after the optimisation) and
+    # torch none outside 64 bits (it crashed in torch.manual_seed)
+    (["-seed", "-5"], "argument -seed: must be >= 0, got -5"),
+    (["-seed", "-18446744073709551617"], "must be >= 0"),
+    (["-seed", "18446744073709551616"], "must be <= 18446744073709551615, got 1844"),
+    (["-seed", "1.5"], "not a number"),
+    (["-channels", "1" + "0" * 400, "-kernel", "5x5"], "invalid choice"),  # no overflow
 ])
 def test_bad_settings_are_one_line(args, words, clips, tmp_path, capsys):
     content, style = clips
@@ -95,6 +102,18 @@ def test_bad_settings_are_one_line(args, words, clips, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 2
     assert len(err) == 1 and words in err[0], err
+
+
+def test_ensemble_seeds_past_the_largest_are_refused(clips, tmp_path, capsys):
+    content, style = clips
+    out = tmp_path / "o"
+    largest = str(2 ** 64 - 1)
+    code = train.main(["-content", content, "-style", style, "-output", str(out),
+                       "-seed", largest, "-ensemble", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"train.py: error: -seed {largest} with -ensemble 2 runs "
+                                 f"seeds up to {2 ** 64}, past the largest, {largest}"]
+    assert not out.exists()
 
 
 def test_unwritable_output_is_an_error_and_nothing_is_clobbered(clips, tmp_path, capsys):

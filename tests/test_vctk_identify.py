@@ -292,6 +292,18 @@ def test_cuda_asked_for_without_one(corpora, tmp_path, capsys):
     assert "-device cuda: no CUDA device" in capsys.readouterr().err
 
 
+def test_seed_out_of_range_is_refused_while_parsing(capsys):
+    """The same seed parser as train.py's: torch takes no seed outside 64 bits, numpy
+    none below 0."""
+    for bad, words in (("-1", "must be >= 0, got -1"),
+                       (str(2 ** 64), f"must be <= {2 ** 64 - 1}")):
+        with pytest.raises(SystemExit) as e:
+            vi.build_parser().parse_args(["corpus", "-seed", bad])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and words in err, err
+    assert vi.build_parser().parse_args(["corpus", "-seed", str(2 ** 64 - 1)]).seed == 2 ** 64 - 1
+
+
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory, corpora):
     """The script run as a user runs it, three ways at once: each process pays for
