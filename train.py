@@ -421,21 +421,34 @@ def optimise(transfer, epochs, print_interval=1000, plot_interval=100, tol=None,
 
 # ------------------------------------------------------------------------------ outputs
 
+def output_paths(out_dir, name, args):
+    """The files write_outputs makes for one clip, in the order it makes them: the wav,
+    the spectrograms, the loss curves and, with -save_spectrogram, the array."""
+    base = os.path.join(out_dir, name)
+    paths = [base + ".wav", base + "_spectrograms.png", base + "_loss.png"]
+    return paths + [base + "_spectrogram.npy"] if args.save_spectrogram else paths
+
+
 def write_outputs(out_dir, name, content_audio, content_spec, style_spec, generated, runs,
-                  index, args, device):
-    """Everything one clip's run produces; each file appears whole or not at all.
+                  index, args, device, written=None):
+    """Everything one clip's run produces; each file appears whole or not at all, and is
+    added to `written` as soon as it is there. Returns output_paths().
 
     runs: (seed, history) per random CNN, as transfer() returns them; the loss picture
     has the curves of each.
     """
-    base = os.path.join(out_dir, name)
+    paths = output_paths(out_dir, name, args)
+    wav, spectrograms, loss = paths[:3]
+    done = written if written is not None else []
     phase = np.angle(utils.stft(content_audio)) if args.phase == "content" else None
     audio = utils.griffin_lim(generated, len(content_audio), iters=args.griffin_lim_iters,
                               phase=phase, momentum=args.griffin_lim_momentum, seed=args.seed,
                               device=device)
-    utils.save_wav(base + ".wav", audio)
+    utils.save_wav(wav, audio)
+    done.append(wav)
     utils.plot_spectrograms([("content", content_spec), ("style", style_spec),
-                             ("generated", generated)], base + "_spectrograms.png")
+                             ("generated", generated)], spectrograms)
+    done.append(spectrograms)
     curves = {}
     for seed, history in runs:
         steps = [h[0] for h in history]
@@ -445,10 +458,12 @@ def write_outputs(out_dir, name, content_audio, content_spec, style_spec, genera
         curves.update({"content" + label: list(zip(steps, content)),
                        "style" + label: list(zip(steps, style)),
                        "total" + label: list(zip(steps, np.add(content, style)))})
-    utils.plot_losses(curves, base + "_loss.png", title=name)
+    utils.plot_losses(curves, loss, title=name)
+    done.append(loss)
     if args.save_spectrogram:
-        utils.atomic_write(base + "_spectrogram.npy", lambda tmp: np.save(tmp, generated))
-    return [base + ".wav", base + "_spectrograms.png", base + "_loss.png"]
+        utils.atomic_write(paths[3], lambda tmp: np.save(tmp, generated))
+        done.append(paths[3])
+    return paths
 
 
 def pitch_ratios(setting, contents, style):
@@ -572,16 +587,20 @@ def run(args):
     files = content_paths(args.content)
     contents = [utils.load_audio(f) for f in files]  # every input is checked before any work
     style = utils.load_audio(args.style)
-    utils.check_writable_dir(args.output)
     names = output_names(files, args.style)
-
-    content_specs, style_spec, generated, runs, why = transfer(args, contents, style, device)
+    planned = [p for name in names for p in output_paths(args.output, name, args)]
     written = []
-    for i, spec in enumerate(generated):
-        written += write_outputs(args.output, names[i], contents[i], content_specs[i],
-                                 style_spec, spec, runs, i, args, device)
-    for path in written:
-        print(path)
+    # the output is checked now, not after the work
+    with utils.output_dir(args.output, planned):
+        try:
+            content_specs, style_spec, generated, runs, why = transfer(args, contents, style,
+                                                                       device)
+            for i, spec in enumerate(generated):
+                write_outputs(args.output, names[i], contents[i], content_specs[i],
+                              style_spec, spec, runs, i, args, device, written)
+        finally:  # on a failure or a second Ctrl-C too: what is there, whole, is listed
+            for path in written:
+                print(path)
     return 130 if why.startswith("interrupted") else 0
 
 

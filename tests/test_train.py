@@ -394,3 +394,72 @@ def test_style_kernel_and_follow_loudness_end_to_end(clips, tmp_path, capsys):
                                rtol=1e-6, atol=1e-6)
     audio = utils.load_audio(str(out / "follow" / "low_as_high.wav"))
     assert len(audio) == len(utils.load_audio(content)) and np.max(np.abs(audio)) > 1e-3
+
+
+# ------------------------------------------------------------------------------ failures late in a run
+
+def _main(argv, capsys):
+    """train.main on the CPU: (exit status, stdout lines, stderr lines)."""
+    code = train.main([*argv, "-device", "cpu"])
+    out, err = capsys.readouterr()
+    return code, out.split(), [l for l in err.replace("\r", "\n").splitlines() if l.strip()]
+
+
+def test_names_too_long_for_the_file_system_fail_before_the_work(tmp_path, tone, capsys):
+    """Content and style names of 200 characters each make '<c>_as_<s>_spectrograms.png'
+    longer than the 255 bytes a file name may have: found before the optimisation."""
+    content, style = tmp_path / ("c" * 200 + ".wav"), tmp_path / ("s" * 200 + ".wav")
+    sf.write(content, tone(0.3, sr=16000), 16000)
+    sf.write(style, tone(0.3, sr=16000, f0=230), 16000)
+    out = tmp_path / "out"
+    code, stdout, err = _main(["-content", str(content), "-style", str(style),
+                               "-output", str(out)], capsys)
+    wav = out / ("c" * 200 + "_as_" + "s" * 200 + ".wav")
+    assert code == 2 and stdout == []
+    assert err == [f"train.py: error: {wav}: cannot write (File name too long)"]
+    assert not out.exists()  # made for the check, removed with it
+
+
+def test_a_folder_where_an_output_file_goes_fails_before_the_work(clips, tmp_path, capsys):
+    content, style = clips
+    (tmp_path / "out" / "low_as_high_loss.png").mkdir(parents=True)
+    code, stdout, err = _main(["-content", content, "-style", style,
+                               "-output", str(tmp_path / "out")], capsys)
+    assert code == 2 and stdout == []
+    assert err == [f"train.py: error: {tmp_path / 'out' / 'low_as_high_loss.png'}: "
+                   f"cannot write (Is a directory)"]
+    assert os.listdir(tmp_path / "out") == ["low_as_high_loss.png"]
+
+
+def test_a_full_disk_after_the_optimisation_is_one_line(clips, tmp_path, capsys, monkeypatch):
+    """The disk fills while the pictures are written: one line naming the file and the
+    reason, exit 2; the wav, whole, stays and is listed; no temporary file is left."""
+    import matplotlib.figure
+
+    def full_disk(self, path, **kw):
+        with open(path, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    content, style = clips
+    out = tmp_path / "out"
+    code, stdout, err = _main(["-content", content, "-style", style, "-epochs", "2",
+                               "-griffin_lim_iters", "2", "-output", str(out)], capsys)
+    assert code == 2
+    assert err[-1] == (f"train.py: error: {out / 'low_as_high_spectrograms.png'}: "
+                       f"cannot write (No space left on device)")
+    assert not any("Traceback" in line for line in err)
+    assert stdout == [str(out / "low_as_high.wav")]
+    assert os.listdir(out) == ["low_as_high.wav"]
+
+
+def test_ctrl_c_before_anything_is_written_leaves_no_folder(clips, tmp_path, capsys,
+                                                            monkeypatch):
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "transfer", interrupted)
+    content, style = clips
+    code, stdout, err = _main(["-content", content, "-style", style,
+                               "-output", str(tmp_path / "a" / "out")], capsys)
+    assert code == 130 and stdout == [] and err == ["train.py: interrupted"]
+    assert sorted(os.listdir(tmp_path)) == ["high.wav", "low.wav"]  # no a/, no a/out/
