@@ -321,6 +321,11 @@ class Converged(Exception):
     """The stopping rule fired; the message says why."""
 
 
+class NonFiniteLoss(UsageError):
+    """The loss, or the spectrogram, overflowed or became NaN: settings too large for
+    float arithmetic. Going on could only end in a Griffin-Lim of NaNs."""
+
+
 def graphed(step):
     """Record one call of `step` (forward, backward, Adam) as a CUDA graph.
 
@@ -356,6 +361,7 @@ class Monitor:
                  on_gpu=False, progress=True):
         self.total, self.print_interval, self.plot_interval = total, print_interval, plot_interval
         self.tol, self.window = tol, window
+        self.on_gpu = on_gpu
         self.refresh = 100 if on_gpu else 10  # reading a loss makes the GPU wait: seldom
         self.history, self.done, self.last = [], 0, None
         self.recent = collections.deque()  # (iteration, total loss) where it was read
@@ -366,9 +372,18 @@ class Monitor:
         self.done, self.last = i, (content, style)
         if i == 1 or i % self.plot_interval == 0 or i == self.total:
             self.record()
-        if i % self.refresh and i % self.print_interval and i != self.total:
+        shown = not (i % self.refresh and i % self.print_interval and i != self.total)
+        if not shown and self.on_gpu:  # on the CPU a loss is free to read: each is checked
             return
         c, s = float(content.sum()), float(style.sum())
+        if not (math.isfinite(c) and math.isfinite(s)):  # a sum is finite if each loss is
+            self.bar.close()
+            when = f"by step {i}" if self.on_gpu else f"at step {i}"
+            raise NonFiniteLoss(f"the loss is not finite {when} (content {c:.4g}, style "
+                                f"{s:.4g}): lower -content_weight, -style_weight or "
+                                f"-learning_rate")
+        if not shown:
+            return
         self.bar.set_postfix(content=f"{c:.4g}", style=f"{s:.4g}", total=f"{c + s:.4g}",
                              refresh=False)
         self.bar.update(i - self.bar.n)
@@ -421,6 +436,19 @@ def optimise(transfer, epochs, print_interval=1000, plot_interval=100, tol=None,
 
 # ------------------------------------------------------------------------------ outputs
 
+def check_invertible(generated):
+    """Griffin-Lim needs a finite magnitude exp(S) - 1 in every bin of every clip. The
+    last Adam step comes after the last loss was read, and can leave NaN, or values whose
+    exp overflows, that no loss has shown: checked before anything is written."""
+    for spec in generated:
+        with np.errstate(over="ignore"):
+            finite = np.all(np.isfinite(utils.magnitude(spec)))
+        if not finite:
+            raise NonFiniteLoss("the optimised spectrogram is not finite (or exp(S) - 1 "
+                                "overflows): lower -content_weight, -style_weight or "
+                                "-learning_rate")
+
+
 def output_paths(out_dir, name, args):
     """The files write_outputs makes for one clip, in the order it makes them: the wav,
     the spectrograms, the loss curves and, with -save_spectrogram, the array."""
@@ -444,6 +472,10 @@ def write_outputs(out_dir, name, content_audio, content_spec, style_spec, genera
     audio = utils.griffin_lim(generated, len(content_audio), iters=args.griffin_lim_iters,
                               phase=phase, momentum=args.griffin_lim_momentum, seed=args.seed,
                               device=device)
+    if not np.all(np.isfinite(audio)):  # float32 on the GPU overflows sooner than the check
+        raise NonFiniteLoss(f"{wav}: Griffin-Lim's result is not finite; the spectrogram "
+                            f"reaches {np.max(generated):.4g}: lower -content_weight, "
+                            f"-style_weight or -learning_rate")
     utils.save_wav(wav, audio)
     done.append(wav)
     utils.plot_spectrograms([("content", content_spec), ("style", style_spec),
@@ -595,6 +627,7 @@ def run(args):
         try:
             content_specs, style_spec, generated, runs, why = transfer(args, contents, style,
                                                                        device)
+            check_invertible(generated)
             for i, spec in enumerate(generated):
                 write_outputs(args.output, names[i], contents[i], content_specs[i],
                               style_spec, spec, runs, i, args, device, written)

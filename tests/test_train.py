@@ -405,6 +405,10 @@ def _main(argv, capsys):
     return code, out.split(), [l for l in err.replace("\r", "\n").splitlines() if l.strip()]
 
 
+def _is_error_line(line, words):
+    return line.startswith("train.py: error: ") and words in line
+
+
 def test_names_too_long_for_the_file_system_fail_before_the_work(tmp_path, tone, capsys):
     """Content and style names of 200 characters each make '<c>_as_<s>_spectrograms.png'
     longer than the 255 bytes a file name may have: found before the optimisation."""
@@ -451,6 +455,28 @@ def test_a_full_disk_after_the_optimisation_is_one_line(clips, tmp_path, capsys,
     assert not any("Traceback" in line for line in err)
     assert stdout == [str(out / "low_as_high.wav")]
     assert os.listdir(out) == ["low_as_high.wav"]
+
+
+@pytest.mark.parametrize("flags, words", [
+    # the style loss of these clips is above 2: times 1e308 it is inf at the first step
+    (["-style_weight", "1e308"], "the loss is not finite at step 1 (content"),
+    (["-content_weight", "1e308"], "the loss is not finite at step"),
+    (["-learning_rate", "1e308"], "the loss is not finite at step 2 (content nan"),
+    (["-optimizer", "adam", "-learning_rate", "1e10"], "the loss is not finite at step"),
+    # one Adam step of 1000 from the noise: no loss sees it, exp(S) overflows
+    (["-optimizer", "adam", "-learning_rate", "1e3", "-epochs", "1"],
+     "the optimised spectrogram is not finite"),
+])
+def test_a_non_finite_loss_stops_the_run_with_one_line(flags, words, clips, tmp_path, capsys):
+    """These ran to the end and crashed in Griffin-Lim ('Audio buffer is not finite')."""
+    content, style = clips
+    out = tmp_path / "out"
+    code, stdout, err = _main(["-content", content, "-style", style, "-epochs", "20",
+                               "-output", str(out), *flags], capsys)
+    assert code == 2 and stdout == [], err
+    assert _is_error_line(err[-1], words), err
+    assert err[-1].endswith("lower -content_weight, -style_weight or -learning_rate")
+    assert not out.exists()
 
 
 def test_ctrl_c_before_anything_is_written_leaves_no_folder(clips, tmp_path, capsys,
