@@ -12,8 +12,10 @@ the example voices in input/. Writes into output/ (or -output):
 """
 import argparse
 import collections
+import contextlib
 import math
 import os
+import re
 import sys
 import time
 
@@ -180,6 +182,43 @@ def pick_device(name):
         raise UsageError("-device cuda: no CUDA device is available "
                          "(check the driver and CUDA_VISIBLE_DEVICES)")
     return torch.device(name)
+
+
+def _allocation(error):
+    """How much the failed allocation asked for, as its message says it, or None."""
+    text = str(error)
+    found = re.search(r"allocate (\d+) bytes", text)  # torch's CPU allocator
+    if found:
+        return f"{int(found.group(1)) / 2 ** 30:.2f} GiB"
+    found = re.search(r"allocate ([\d.]+) ([KMGTP]?i?B)", text)  # CUDA's, numpy's ("256.")
+    return f"{float(found.group(1)):.2f} {found.group(2)}" if found else None
+
+
+def out_of_memory(error):
+    """Whether `error` is an allocation that failed: torch's on either device, numpy's.
+    torch's CPU allocator raises a plain RuntimeError, told apart by its words."""
+    return (isinstance(error, (MemoryError, torch.OutOfMemoryError))
+            or (isinstance(error, RuntimeError)
+                and re.search(r"DefaultCPUAllocator|can't allocate memory", str(error))
+                is not None))
+
+
+@contextlib.contextmanager
+def memory_reported(contents, style, device):
+    """Turn running out of memory into one line: how long the clips are (what the memory
+    grows with) and what the allocation that failed asked for."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        seconds = sum(len(y) for y in contents) / utils.SAMPLE_RATE
+        amount = _allocation(e)
+        raise UsageError(f"out of memory on {device}"
+                         + (f" allocating {amount}" if amount else "")
+                         + f" for {seconds:.1f} s of content ({len(contents)} clip(s)) and "
+                         f"{len(style) / utils.SAMPLE_RATE:.1f} s of style: use shorter "
+                         f"or fewer clips") from None
 
 
 # ------------------------------------------------------------------------------ optimisation
@@ -623,7 +662,7 @@ def run(args):
     planned = [p for name in names for p in output_paths(args.output, name, args)]
     written = []
     # the output is checked now, not after the work
-    with utils.output_dir(args.output, planned):
+    with utils.output_dir(args.output, planned), memory_reported(contents, style, device):
         try:
             content_specs, style_spec, generated, runs, why = transfer(args, contents, style,
                                                                        device)

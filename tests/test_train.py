@@ -479,6 +479,36 @@ def test_a_non_finite_loss_stops_the_run_with_one_line(flags, words, clips, tmp_
     assert not out.exists()
 
 
+@pytest.mark.parametrize("error, amount", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a "
+                            "total capacity of 79.1 GiB of which 3.2 GiB is free."), "20.00 GiB"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                  "allocate memory: you tried to allocate 26843545600 bytes. Error code 12 "
+                  "(Cannot allocate memory)"), "25.00 GiB"),
+    (MemoryError("Unable to allocate 3.50 GiB for an array with shape (1, 2) and data type "
+                 "float32"), "3.50 GiB"),
+])
+def test_out_of_memory_is_one_line_with_the_clip_lengths(error, amount, clips, tmp_path,
+                                                         capsys, monkeypatch):
+    def out_of_memory(*_):
+        raise error
+    monkeypatch.setattr(train, "make_transfer", out_of_memory)
+    content, style = clips
+    code, stdout, err = _main(["-content", content, content, "-style", style,
+                               "-output", str(tmp_path / "out")], capsys)
+    seconds = 2 * len(utils.load_audio(content)) / utils.SAMPLE_RATE
+    assert code == 2 and stdout == []
+    assert err[-1] == (f"train.py: error: out of memory on cpu allocating {amount} for "
+                       f"{seconds:.1f} s of content (2 clip(s)) and 0.6 s of style: use "
+                       f"shorter or fewer clips")
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_runtime_errors_are_not_taken_for_memory():
+    assert not train.out_of_memory(RuntimeError("shape mismatch"))
+    assert train.out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+
+
 def test_ctrl_c_before_anything_is_written_leaves_no_folder(clips, tmp_path, capsys,
                                                             monkeypatch):
     def interrupted(*_, **__):
