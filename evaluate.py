@@ -10,7 +10,8 @@ Prints one row per generated clip:
     lsd_db       log-spectral distance between the spectrogram train.py optimised and the
                  spectrogram of the wav it wrote, i.e. what Griffin-Lim lost; read from
                  <name>_spectrogram.npy beside <name>.wav (train.py -save_spectrogram),
-                 "-" when there is none
+                 "-" when there is none; a wav train.py scaled down so as not to clip
+                 (it says so) adds that gain, in dB, to it
 The speaker embeddings are Resemblyzer's d-vectors; its package ships the trained weights,
 so nothing is downloaded. Needs `pip install -r requirements-eval.txt`.
 """

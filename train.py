@@ -307,6 +307,8 @@ class Transfer:
         """Optimise for `iterations` loss evaluations, calling observe(i, content, style)
         after each; observe may raise to stop. Returns True if the optimiser itself
         stopped before the count (L-BFGS finding no further descent)."""
+        if iterations == 0:  # L-BFGS would still evaluate the loss once
+            return False
         if self.optimizer_name == "lbfgs":
             return self._run_lbfgs(iterations, observe)
         step = self.step
@@ -515,6 +517,10 @@ def write_outputs(out_dir, name, content_audio, content_spec, style_spec, genera
         raise NonFiniteLoss(f"{wav}: Griffin-Lim's result is not finite; the spectrogram "
                             f"reaches {np.max(generated):.4g}: lower -content_weight, "
                             f"-style_weight or -learning_rate")
+    audio, gain = utils.fit_full_scale(audio)
+    if gain < 1:  # the wav only: the spectrogram saved and pictured stays as optimised
+        log(f"{wav}: Griffin-Lim's peak {utils.FULL_SCALE / gain:.3g} passes full scale: "
+            f"scaled by {20 * math.log10(gain):.1f} dB so that it does not clip")
     utils.save_wav(wav, audio)
     done.append(wav)
     utils.plot_spectrograms([("content", content_spec), ("style", style_spec),

@@ -94,6 +94,20 @@ def atomic_write(path, write):
         raise
 
 
+FULL_SCALE = 32767 / 32768  # the largest sample 16-bit PCM holds; libsndfile clips past it
+
+
+def fit_full_scale(y, ceiling=FULL_SCALE):
+    """`y` scaled down so that its peak is at most `ceiling`, and the gain used (1 when
+    it already fits). Griffin-Lim's phase is its own, so its peak can pass full scale
+    even where the magnitudes are those of a clip that did not; a wav would clip it."""
+    peak = float(np.max(np.abs(y))) if len(y) else 0.0
+    if peak <= ceiling:
+        return y, 1.0
+    gain = ceiling / peak
+    return (y * gain).astype(y.dtype), gain
+
+
 def _write_bytes(path, data):
     with open(path, "wb") as f:
         f.write(data)
@@ -382,7 +396,10 @@ def plot_losses(history, path, title="loss"):
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if any(history.values()):
+        ax.legend()
+    else:  # -epochs 0: nothing was optimised, and an empty legend would only warn
+        ax.text(0.5, 0.5, "no iterations run", transform=ax.transAxes, ha="center")
     save_figure(fig, path)
 
 

@@ -509,6 +509,39 @@ def test_other_runtime_errors_are_not_taken_for_memory():
     assert train.out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
 
 
+def test_a_loud_result_is_scaled_not_clipped(tmp_path, tone, capsys):
+    """A loud float input, started from itself with -epochs 0: Griffin-Lim's result passes
+    full scale. The wav is that result scaled to full scale (said on stderr); the saved
+    spectrogram stays the one optimised, here the content's own."""
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, 3 * tone(0.3) / 0.3, 22050, subtype="FLOAT")  # peak 3
+    out = tmp_path / "out"
+    code, stdout, err = _main(["-content", str(loud), "-style", str(loud), "-init", "content",
+                               "-epochs", "0", "-griffin_lim_iters", "5", "-save_spectrogram",
+                               "-output", str(out)], capsys)
+    assert code == 0, err
+    assert "stopped at step 0: ran all 0 iterations" in err
+    assert not any("iterations in" in line for line in err)  # -epochs 0 evaluates nothing
+    y = utils.load_audio(str(loud))
+    spec = utils.log_spectrogram(y)
+    rebuilt = utils.griffin_lim(spec, len(y), iters=5, seed=0)
+    peak = np.max(np.abs(rebuilt))
+    assert peak > 1.5
+    gain = utils.FULL_SCALE / peak
+    assert any(f"Griffin-Lim's peak {peak:.3g} passes full scale: scaled by "
+               f"{20 * np.log10(gain):.1f} dB" in line for line in err), err
+    written, _ = sf.read(out / "loud_as_loud.wav", dtype="float32")
+    np.testing.assert_allclose(written, rebuilt * gain, atol=1.5 / 32768)
+    np.testing.assert_array_equal(np.load(out / "loud_as_loud_spectrogram.npy"), spec)
+
+
+def test_lbfgs_with_no_iterations_evaluates_nothing(tone):
+    content, _, style = _specs(tone)
+    t = _transfer([content], style, optimizer="lbfgs")
+    seen = []
+    assert t.run(0, lambda *a: seen.append(a)) is False and seen == []
+
+
 def test_ctrl_c_before_anything_is_written_leaves_no_folder(clips, tmp_path, capsys,
                                                             monkeypatch):
     def interrupted(*_, **__):

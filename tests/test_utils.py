@@ -229,3 +229,18 @@ def test_output_dir_is_removed_when_nothing_was_written(tmp_path):
     with utils.output_dir(str(tmp_path / "new" / "out")):
         (tmp_path / "new" / "out" / "result.wav").write_bytes(b"x")
     assert os.listdir(tmp_path / "new" / "out") == ["result.wav"]
+
+
+def test_fit_full_scale_by_hand(tmp_path):
+    quiet = np.array([0.5, -0.25], np.float32)
+    same, gain = utils.fit_full_scale(quiet)
+    assert gain == 1.0 and same is quiet
+    loud = np.array([0.5, -2.0, 1.0], np.float32)
+    scaled, gain = utils.fit_full_scale(loud)
+    assert gain == pytest.approx(utils.FULL_SCALE / 2)
+    np.testing.assert_allclose(scaled, loud * utils.FULL_SCALE / 2, rtol=1e-6)
+    # and 16-bit PCM holds its peak: -2.0 -> -32767, where unscaled it would clip
+    utils.save_wav(str(tmp_path / "peak.wav"), scaled)
+    samples, _ = sf.read(tmp_path / "peak.wav", dtype="int16")
+    assert samples[1] == -32767  # the peak at full scale, and the rest in proportion
+    np.testing.assert_allclose(samples, scaled * 32768, atol=1.01)
