@@ -609,7 +609,8 @@ def transfer(args, contents, style, device, progress=True):
     Returns (content_specs, style_spec, generated, runs, why): generated holds one log
     spectrogram per content clip (the ensemble's average, then -follow_loudness: what
     Griffin-Lim will invert); runs one (seed, history) per random CNN that ran; why says
-    how the last one stopped. Ctrl-C keeps the runs done, the interrupted one included.
+    how the last one stopped. Ctrl-C keeps the runs done; the interrupted one only when
+    no other finished.
     """
     content_specs, style_spec = input_spectrograms(args, contents, style)
     results, runs = [], []
@@ -628,10 +629,15 @@ def transfer(args, contents, style, device, progress=True):
             if done:
                 log(f"{done} iterations in {seconds:.1f} s "
                     f"({1000 * seconds / done:.2f} ms each)")
-            results.append(member.result())
-            runs.append((seed, history))
+            interrupted = why.startswith("interrupted")
+            if interrupted and results:  # half a run would weigh as much as a whole one
+                log(f"random CNN {seed - args.seed + 1} was cut short: left out, the "
+                    f"average is of the {len(results)} that finished")
+            else:
+                results.append(member.result())
+                runs.append((seed, history))
             del member  # its activations and optimiser state: free before the next one
-            if why.startswith("interrupted"):
+            if interrupted:
                 break
     except KeyboardInterrupt:  # between two runs, while the next one was being set up
         if not results:

@@ -157,6 +157,7 @@ def test_ctrl_c_keeps_the_work_done(clips, tmp_path):
     assert "interrupted (Ctrl-C)" in stderr and "Traceback" not in stderr
     assert sorted(os.listdir(out)) == ["low_as_high.wav", "low_as_high_loss.png",
                                        "low_as_high_spectrograms.png"]
+    assert sorted(stdout.split()) == sorted(str(out / f) for f in os.listdir(out))
 
 
 def _transfer(specs, style, **kw):
@@ -542,6 +543,27 @@ def test_lbfgs_with_no_iterations_evaluates_nothing(tone):
     assert t.run(0, lambda *a: seen.append(a)) is False and seen == []
 
 
+def test_ctrl_c_while_a_batch_is_written_lists_what_was_written(clips, tmp_path, capsys,
+                                                               monkeypatch):
+    real, calls = utils.plot_losses, []
+
+    def interrupted_on_the_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+    monkeypatch.setattr(utils, "plot_losses", interrupted_on_the_second)
+    content, style = clips
+    out = tmp_path / "out"
+    code, stdout, err = _main(["-content", content, content, "-style", style, "-epochs", "2",
+                               "-griffin_lim_iters", "2", "-output", str(out)], capsys)
+    assert code == 130 and err[-1] == "train.py: interrupted"
+    assert stdout == [str(out / f) for f in ("low_as_high.wav", "low_as_high_spectrograms.png",
+                                             "low_as_high_loss.png", "low_as_high_2.wav",
+                                             "low_as_high_2_spectrograms.png")]
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in stdout)
+
+
 def test_ctrl_c_before_anything_is_written_leaves_no_folder(clips, tmp_path, capsys,
                                                             monkeypatch):
     def interrupted(*_, **__):
@@ -552,3 +574,35 @@ def test_ctrl_c_before_anything_is_written_leaves_no_folder(clips, tmp_path, cap
                                "-output", str(tmp_path / "a" / "out")], capsys)
     assert code == 130 and stdout == [] and err == ["train.py: interrupted"]
     assert sorted(os.listdir(tmp_path)) == ["high.wav", "low.wav"]  # no a/, no a/out/
+
+
+def test_an_interrupted_ensemble_member_is_left_out(clips, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the second random CNN's optimisation: the first finished, so the result
+    is the first's alone, not an average that gives half a run a full weight."""
+    args = _ensemble_args(clips, tmp_path, "-ensemble", "3")
+    train.settle_defaults(args)
+    real, made = train.make_transfer, []
+
+    def make(*a):
+        member = real(*a)
+        if made:  # the second: Ctrl-C after its third iteration
+            run = member.run
+
+            def interrupted_run(iterations, observe):
+                def watch(i, content, style):
+                    observe(i, content, style)
+                    if i == 3:
+                        raise KeyboardInterrupt
+                return run(iterations, watch)
+            member.run = interrupted_run
+        made.append(member)
+        return member
+    monkeypatch.setattr(train, "make_transfer", make)
+    contents = [utils.load_audio(args.content[0])]
+    _, _, generated, runs, why = train.transfer(args, contents, utils.load_audio(args.style),
+                                                CPU, progress=False)
+    assert len(made) == 2 and [seed for seed, _ in runs] == [0]
+    assert why.startswith("interrupted (Ctrl-C)")
+    assert "random CNN 2 was cut short: left out, the average is of the 1 that finished" in \
+        capsys.readouterr().err
+    np.testing.assert_array_equal(generated[0], made[0].result()[0])
