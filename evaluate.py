@@ -159,6 +159,12 @@ def evaluate(content, style, generated_paths, encoder=None):
     Every file is read and checked before any measuring; pass `encoder` (load_encoder())
     to reuse one across calls.
     """
+    return list(measure(content, style, generated_paths, encoder))
+
+
+def measure(content, style, generated_paths, encoder=None):
+    """evaluate()'s rows one at a time, as each clip is measured (every file is still
+    read and checked before the first)."""
     content_16k = utils.load_audio(content, sr=ENCODER_RATE)
     content_stoi = utils.load_audio(content, sr=STOI_RATE)
     style_16k = utils.load_audio(style, sr=ENCODER_RATE)
@@ -168,7 +174,6 @@ def evaluate(content, style, generated_paths, encoder=None):
     encoder = encoder or load_encoder()
     content_embedding = speaker_embedding(content_16k, encoder)
     style_embedding = speaker_embedding(style_16k, encoder)
-    rows = []
     for path, y_16k, y_stoi, spec in generated:
         embedding = speaker_embedding(y_16k, encoder)
         sim_style = speaker_similarity(embedding, style_embedding)
@@ -178,10 +183,9 @@ def evaluate(content, style, generated_paths, encoder=None):
             # The spectrogram was optimised at train.py's rate; measure the wav at the same.
             written = utils.log_spectrogram(utils.load_audio(path))
             lsd = log_spectral_distance(spec, written)
-        rows.append({"file": path, "sim_style": sim_style, "sim_content": sim_content,
-                     "margin": sim_style - sim_content,
-                     "stoi": stoi_score(y_stoi, content_stoi), "lsd_db": lsd})
-    return rows
+        yield {"file": path, "sim_style": sim_style, "sim_content": sim_content,
+               "margin": sim_style - sim_content,
+               "stoi": stoi_score(y_stoi, content_stoi), "lsd_db": lsd}
 
 
 # ------------------------------------------------------------------------------ command line
@@ -227,26 +231,37 @@ def run(args):
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
             raise utils.AudioError(f"-csv {args.csv}: cannot write there (no such folder, "
                                    f"or not writable)")
-    rows = evaluate(args.content, args.style, args.generated)
-    width = max(len("file"), *(len(r["file"]) for r in rows))
-    print(table_line(COLUMNS, width))
-    for row in rows:
-        print(table_line(table_cells(row), width))
+        utils.check_writable_files([args.csv])
+    width = max(len("file"), *(len(path) for path in args.generated))
+    rows, interrupted = [], False
+    try:
+        # each row is printed as it is measured, so that Ctrl-C keeps those
+        for row in measure(args.content, args.style, args.generated):
+            if not rows:
+                print(table_line(COLUMNS, width))
+            rows.append(row)
+            print(table_line(table_cells(row), width), flush=True)
+    except KeyboardInterrupt:
+        if not rows:
+            raise
+        interrupted = True
+        print(f"evaluate.py: interrupted after {len(rows)} of {len(args.generated)} clips",
+              file=sys.stderr)
     if args.csv:
         write_csv(args.csv, rows)
-    return 0
+    return 130 if interrupted else 0
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (utils.AudioError, MissingPackage) as e:
+    except (utils.AudioError, MissingPackage) as e:  # OutputError too: a -csv not written
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # writing the CSV failed after all (disk full, ...)
-        print(f"evaluate.py: error: -csv {args.csv}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("evaluate.py: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
