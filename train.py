@@ -177,11 +177,23 @@ def output_names(content_files, style_file):
 
 def pick_device(name):
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("-device cuda: no CUDA device is available "
                          "(check the driver and CUDA_VISIBLE_DEVICES)")
+    if name == "cuda":
+        exact_cuda()
     return torch.device(name)
+
+
+def exact_cuda():
+    """float32 and the same result for the same seed on CUDA, as on the CPU. cuDNN would
+    convolve in TF32 on Ampere and later (about 5e-4 relative error in the features), and
+    pick its algorithms by timing, which can change a result from run to run."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False  # torch's default; stated, not assumed
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def _allocation(error):
@@ -381,17 +393,29 @@ def graphed(step):
         first = step()  # allocates Adam's state and autograd's buffers outside the graph
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
+    before = torch.cuda.current_stream()
     try:
         with torch.cuda.graph(graph):
             static = step()
     except Exception as e:  # an op or driver that cannot be captured: run eagerly
-        log(f"CUDA graph capture failed ({e}); running eagerly")
+        # torch.cuda.graph's exit ends the capture before it leaves the capture stream:
+        # when that raises, every later op would run on the capture stream
+        torch.cuda.set_stream(before)
+        log(f"CUDA graph capture failed ({root_cause(e)}); running eagerly")
         return step, first
 
     def replay():
         graph.replay()
         return static
     return replay, first
+
+
+def root_cause(error):
+    """The first exception of a chain: when a step fails inside a capture, ending the
+    capture fails too, and its error (the one raised) only says the capture broke."""
+    while error.__context__ is not None:
+        error = error.__context__
+    return f"{type(error).__name__}: {error}"
 
 
 class Monitor:

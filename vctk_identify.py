@@ -316,9 +316,7 @@ def confusion_path(args, method):
 def run(args):
     """The experiment; returns {method: accuracy}."""
     start = time.perf_counter()
-    device = pick_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = False  # keep the features float32, as on the CPU
+    device = pick_device(args.device)  # on CUDA, float32 as on the CPU
     train, test = select(args.path, args.speakers, args.utterances, args.train)
     methods = list(METHODS) if args.compare else ["gram"]
     # the pictures' names are checked now; the folder goes again if nothing is written

@@ -606,3 +606,115 @@ def test_an_interrupted_ensemble_member_is_left_out(clips, tmp_path, monkeypatch
     assert "random CNN 2 was cut short: left out, the average is of the 1 that finished" in \
         capsys.readouterr().err
     np.testing.assert_array_equal(generated[0], made[0].result()[0])
+
+
+# ------------------------------------------------------------------------------ the CUDA path, read on the CPU
+
+def test_picking_cuda_keeps_float32_and_determinism(monkeypatch):
+    """cuDNN would convolve in TF32 (5e-4 relative error) and choose algorithms by timing;
+    picking CUDA turns both off, for train.py, sweep.py, bench.py and vctk_identify.py."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    flags = [(cudnn, "allow_tf32", True), (cudnn, "deterministic", False),
+             (cudnn, "benchmark", True), (matmul, "allow_tf32", True)]
+    saved = [getattr(module, name) for module, name, _ in flags]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    try:
+        for module, name, loose in flags:
+            setattr(module, name, loose)
+        assert train.pick_device("cuda") == torch.device("cuda")
+        assert not cudnn.allow_tf32 and cudnn.deterministic and not cudnn.benchmark
+        assert not matmul.allow_tf32
+    finally:  # torch's flag modules are not plain attributes monkeypatch can restore
+        for (module, name, _), value in zip(flags, saved):
+            setattr(module, name, value)
+
+
+class _FakeCuda:
+    """torch.cuda's streams and graphs as far as graphed() uses them, with a capture that
+    fails the way torch.cuda.graph fails: the step raises inside it, then its exit ends
+    the capture (which raises again) before it would leave the capture stream."""
+
+    class Stream:
+        def __init__(self, name="side"):
+            self.name = name
+
+        def wait_stream(self, other):
+            pass
+
+    def __init__(self):
+        self.current = self.Stream("default")
+
+    def current_stream(self):
+        return self.current
+
+    def set_stream(self, stream):
+        self.current = stream
+
+    def stream(self, stream):
+        fake = self
+
+        class Context:
+            def __enter__(self):
+                self.before, fake.current = fake.current, stream
+
+            def __exit__(self, *exc):
+                fake.current = self.before
+        return Context()
+
+    def CUDAGraph(self):
+        return object()
+
+    def graph(self, _):
+        fake, context = self, self.stream(self.Stream("capture"))
+
+        class Capture:
+            def __enter__(self):
+                context.__enter__()
+
+            def __exit__(self, *exc):
+                raise RuntimeError("operation failed due to a previous error during capture")
+        return Capture()
+
+
+def test_a_failed_cuda_graph_capture_puts_the_stream_back(monkeypatch, capsys):
+    fake = _FakeCuda()
+    for name in ("Stream", "current_stream", "set_stream", "stream", "CUDAGraph", "graph"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    calls = []
+
+    def step():
+        calls.append(fake.current.name)
+        if len(calls) == 2:
+            raise RuntimeError("an op that cannot be captured")
+        return "losses"
+    run, first = train.graphed(step)
+    assert calls == ["side", "capture"] and first == "losses"
+    assert fake.current.name == "default"  # not left on the capture stream
+    assert run is step  # eager from here on
+    err = capsys.readouterr().err
+    assert "CUDA graph capture failed (RuntimeError: an op that cannot be captured); " \
+           "running eagerly" in err
+
+
+def test_capturable_adam_does_not_warn_when_run_uncaptured(monkeypatch):
+    """The issue read that torch's capturable Adam warns at every step outside a CUDA graph
+    (the warm-up). torch 2.13 (requirements.txt) constructs its optimisers as already
+    warned, so nothing is filtered in train.py; this holds torch to that, with torch
+    made to believe it is on a GPU, outside a capture."""
+    import warnings
+
+    class NotCapturing:
+        def is_capturing(self):
+            return False
+    monkeypatch.setattr(torch.accelerator, "current_accelerator",
+                        lambda *a, **kw: torch.device("cuda"))
+    monkeypatch.setattr(torch.accelerator, "current_stream", lambda *a: NotCapturing())
+    spec = torch.zeros(3, requires_grad=True)
+    optimizer = torch.optim.Adam([spec], capturable=True)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        optimizer.step()
+        optimizer.step()
+        optimizer._warned_capturable_if_run_uncaptured = False  # the check is reached:
+        optimizer.step()  # ... it warns when the flag is reset
+    assert [str(w.message)[:40] for w in seen] == ["This instance was constructed with captu"]
