@@ -145,7 +145,7 @@ def test_ctrl_c_keeps_the_work_done(clips, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), "-content", content,
                              "-style", style, "-epochs", "1000000", "-output", str(out),
-                             "-griffin_lim_iters", "5"],
+                             "-griffin_lim_iters", "5", "-device", "cpu"],  # a GPU would race
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     seen = ""
     deadline = time.time() + 60
@@ -309,7 +309,7 @@ def _ensemble_args(clips, tmp_path, *more):
     content, style = clips
     return train.build_parser().parse_args(
         ["-content", content, "-style", style, "-output", str(tmp_path / "out"),
-         "-epochs", "15", "-griffin_lim_iters", "4", *more])
+         "-epochs", "15", "-griffin_lim_iters", "4", "-device", "cpu", *more])
 
 
 def test_ensemble_is_the_average_of_its_runs(clips, tmp_path, capsys):
@@ -384,7 +384,8 @@ def test_style_kernel_and_follow_loudness_end_to_end(clips, tmp_path, capsys):
     content, style = clips
     out = tmp_path / "out"
     argv = ["-content", content, "-style", style, "-epochs", "15", "-style_kernel", "3x5",
-            "-style_weight", "0.1", "-griffin_lim_iters", "5", "-save_spectrogram"]
+            "-style_weight", "0.1", "-griffin_lim_iters", "5", "-save_spectrogram",
+            "-device", "cpu"]  # the same on a GPU machine: its own suite pins the CPU
     assert train.main(argv + ["-output", str(out / "plain")]) == 0
     assert train.main(argv + ["-follow_loudness", "0.5", "-output", str(out / "follow")]) == 0
     capsys.readouterr()
