@@ -1,8 +1,10 @@
 """Measure a voice transfer: whose voice it has, what it still says, what Griffin-Lim lost.
 
     python evaluate.py CONTENT STYLE GENERATED [GENERATED ...]
+    python evaluate.py GENERATED [GENERATED ...]    # each with train.py's record beside it
 
-Prints one row per generated clip:
+Prints one row per generated clip, and adds its measures to the clip's record
+(<name>.json, which names the content and style clips) and listening page, if it has them:
     sim_style    cosine similarity of its speaker embedding to the style clip's
     sim_content  the same against the content clip's
     margin       sim_style - sim_content: above 0 when it sounds more like the style speaker
@@ -24,6 +26,7 @@ import warnings
 import numpy as np
 import scipy.signal
 
+import report
 import utils
 from train import OneLineParser
 
@@ -194,9 +197,11 @@ def build_parser():
     intro, _, columns = __doc__.split("\n\n", 2)  # the columns' meanings close the help
     p = OneLineParser(prog="evaluate.py", description=intro, epilog=columns,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("content", help="the content clip the transfer started from")
-    p.add_argument("style", help="the style clip")
-    p.add_argument("generated", nargs="+", help="generated clip(s), e.g. train.py's .wav")
+    p.add_argument("clips", nargs="+", metavar="CLIP",
+                   help="CONTENT STYLE GENERATED [GENERATED ...]: the content clip the "
+                        "transfer started from, the style clip, generated clip(s); or only "
+                        "generated clips, each with the record train.py writes beside it "
+                        "(<name>.json), which names its content and style")
     p.add_argument("-csv", help="also write the rows to this CSV file")
     return p
 
@@ -223,6 +228,17 @@ def write_csv(path, rows):
     utils.atomic_write(path, write)
 
 
+def clip_groups(clips):
+    """(content, style, [generated, ...]) to measure: the content and style from each
+    clip's record when every clip has one beside it, else the first two clips given."""
+    if all(os.path.isfile(report.record_path(c)) for c in clips):
+        return report.clips_from_records(clips)
+    if len(clips) < 3:
+        raise utils.AudioError(f"{clips[-1]}: no record (<name>.json) beside it to name its "
+                               f"content and style; give CONTENT STYLE GENERATED")
+    return [(clips[0], clips[1], clips[2:])]
+
+
 def run(args):
     if args.csv:  # find out before the measuring, not after
         folder = os.path.dirname(os.path.abspath(args.csv))
@@ -232,23 +248,33 @@ def run(args):
             raise utils.AudioError(f"-csv {args.csv}: cannot write there (no such folder, "
                                    f"or not writable)")
         utils.check_writable_files([args.csv])
-    width = max(len("file"), *(len(path) for path in args.generated))
-    rows, interrupted = [], False
+    groups = clip_groups(args.clips)
+    encoder = load_encoder() if len(groups) > 1 else None  # one load for several pairs
+    clips = [path for _, _, generated in groups for path in generated]
+    width = max(len("file"), *(len(path) for path in clips))
+    measured, interrupted = [], False
     try:
         # each row is printed as it is measured, so that Ctrl-C keeps those
-        for row in measure(args.content, args.style, args.generated):
-            if not rows:
-                print(table_line(COLUMNS, width))
-            rows.append(row)
-            print(table_line(table_cells(row), width), flush=True)
+        for content, style, generated in groups:
+            for row in measure(content, style, generated, encoder):
+                if not measured:
+                    print(table_line(COLUMNS, width))
+                measured.append((row, content, style))
+                print(table_line(table_cells(row), width), flush=True)
     except KeyboardInterrupt:
-        if not rows:
+        if not measured:
             raise
         interrupted = True
-        print(f"evaluate.py: interrupted after {len(rows)} of {len(args.generated)} clips",
+        print(f"evaluate.py: interrupted after {len(measured)} of {len(clips)} clips",
               file=sys.stderr)
+    rows = [row for row, _, _ in measured]
     if args.csv:
         write_csv(args.csv, rows)
+    # Last, so that a results folder that cannot be written still gets its table printed.
+    updated = [report.add_measures(row["file"], row, content, style)
+               for row, content, style in measured]
+    for folder in sorted({os.path.dirname(path) for path in updated if path}):
+        report.refresh_page(folder)  # a page beside the records shows the new measures
     return 130 if interrupted else 0
 
 

@@ -8,7 +8,9 @@ evaluate.py, and writes into -output (default output/):
     sweep_<content>_<style>.png   speaker margin (sim_style - sim_content) against STOI,
                                   one point per weight and seed, with the target lines
     sweep_<content>_<style>.csv   the same figures, one row per weight and seed
-    sweep_<content>_<style>/      each weight's wav and pictures, as train.py writes them
+    sweep_<content>_<style>/      each weight's wav and pictures, as train.py writes them,
+                                  its record (.json) with the measures, and index.html:
+                                  a page to listen to every result, this picture on top
 A larger style weight moves the voice toward the style speaker and costs words; the
 picture shows where a pair of clips lands so the weight can be picked by eye. The
 random CNN's seed moves a result by a few hundredths of margin and STOI; -seeds runs each
@@ -26,6 +28,7 @@ import sys
 import time
 
 import evaluate
+import report
 import train
 import utils
 
@@ -175,6 +178,8 @@ def sweep_point(args, content, style, device, encoder, stem, name):
                               generated[0], runs, 0, args, device)[0]
     seconds = time.perf_counter() - start
     measured = evaluate.evaluate(args.content, args.style, [wav], encoder=encoder)[0]
+    report.write_record(wav, report.run_record(args, args.content, runs, 0, why, device,
+                                               seconds, measures=measured))
     content_loss, style_loss = final_losses(runs)
     return dict(measured, style_weight=args.style_weight, seed=args.seed, seconds=seconds,
                 content_loss=content_loss, style_loss=style_loss,
@@ -200,7 +205,9 @@ def run(args, parser):
     stem = os.path.join(args.output, f"sweep_{c_name}_{s_name}")
     points = [(w, seed, point_name(c_name, s_name, w, seed, len(seeds) > 1))
               for w in args.weights for seed in seeds]
-    planned = [p for _, _, name in points for p in train.output_paths(stem, name, args)]
+    planned = [p for _, _, name in points for p in train.planned_outputs(stem, name, args)]
+    # the page, and its copy of the sweep's picture
+    planned += [os.path.join(stem, name) for name in (report.PAGE, os.path.basename(stem) + ".png")]
 
     rows, stopped = [], False
     # every file the sweep will write is checked now, not after the work
@@ -226,6 +233,8 @@ def run(args, parser):
             write_csv(stem + ".csv", rows)
             plot(rows, stem + ".png", f"{c_name} -> {s_name}: style-weight sweep\n"
                                       f"{setting_text(args, parser)}")
+            print(report.write_page(stem, [r["file"] for r in rows], pictures=[stem + ".png"],
+                                    title=f"{c_name} -> {s_name}: style-weight sweep"))
             print(stem + ".csv")
             print(stem + ".png")
     return 130 if stopped or (rows and rows[-1]["interrupted"]) else 0

@@ -9,6 +9,10 @@ the example voices in input/. Writes into output/ (or -output):
     <content>_as_<style>.wav               the generated speech, at the content's duration
     <content>_as_<style>_spectrograms.png  content, style and generated spectrograms
     <content>_as_<style>_loss.png          the loss curves
+    <content>_as_<style>.json              the record: command, settings, seeds, versions,
+                                           iterations, losses, wall time (report.py)
+    index.html                             when a run writes several results (a batch of
+                                           clips) or runs -ensemble: a page to listen to them
 """
 import argparse
 import collections
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import report
 import utils
 from model import RandomCNN, StyleLoss, content_loss
 
@@ -522,6 +527,17 @@ def output_paths(out_dir, name, args):
     return paths + [base + "_spectrogram.npy"] if args.save_spectrogram else paths
 
 
+def planned_outputs(out_dir, name, args):
+    """Every file one clip's result gets: output_paths() and the record (report.py)."""
+    paths = output_paths(out_dir, name, args)
+    return paths + [report.record_path(paths[0])]
+
+
+def several_results(names, args):
+    """Whether a run writes a listening page: several results, or runs, to compare."""
+    return len(names) > 1 or args.ensemble > 1
+
+
 def write_outputs(out_dir, name, content_audio, content_spec, style_spec, generated, runs,
                   index, args, device, written=None):
     """Everything one clip's run produces; each file appears whole or not at all, and is
@@ -619,7 +635,7 @@ def average_magnitudes(log_specs):
 
     Each random CNN leaves texture of its own on top of what all of them agree on; the
     mean keeps the shared part and thins the rest. Magnitudes, not logs, are averaged:
-    measured, that kept more of the style (see the README).
+    measured, that kept more of the style (see EXPERIMENTS.md).
     """
     if len(log_specs) == 1:  # one run: its own spectrogram, bit for bit
         return log_specs[0]
@@ -688,6 +704,7 @@ def settle_defaults(args):
 
 
 def run(args):
+    started = time.perf_counter()  # the record's wall time: loading to writing
     settle_defaults(args)
     check_seeds([args.seed], args.ensemble)
     device = pick_device(args.device)
@@ -695,7 +712,9 @@ def run(args):
     contents = [utils.load_audio(f) for f in files]  # every input is checked before any work
     style = utils.load_audio(args.style)
     names = output_names(files, args.style)
-    planned = [p for name in names for p in output_paths(args.output, name, args)]
+    planned = [p for name in names for p in planned_outputs(args.output, name, args)]
+    if several_results(names, args):
+        planned.append(os.path.join(args.output, report.PAGE))
     written = []
     # the output is checked now, not after the work
     with utils.output_dir(args.output, planned), memory_reported(contents, style, device):
@@ -704,8 +723,13 @@ def run(args):
                                                                        device)
             check_invertible(generated)
             for i, spec in enumerate(generated):
-                write_outputs(args.output, names[i], contents[i], content_specs[i],
-                              style_spec, spec, runs, i, args, device, written)
+                wav = write_outputs(args.output, names[i], contents[i], content_specs[i],
+                                    style_spec, spec, runs, i, args, device, written)[0]
+                written.append(report.write_record(wav, report.run_record(
+                    args, files[i], runs, i, why, device, time.perf_counter() - started)))
+            if several_results(names, args):  # to compare by ear
+                written.append(report.write_page(
+                    args.output, [os.path.join(args.output, n + ".wav") for n in names]))
         finally:  # on a failure or a second Ctrl-C too: what is there, whole, is listed
             for path in written:
                 print(path)

@@ -271,7 +271,7 @@ def follow_loudness(log_spec, content_log_spec, strength, max_gain_db=20.0):
     held within +-max_gain_db; the spectrum within a frame stays what the transfer made.
     Style texture laid into the content's pauses, and syllables the style loss has
     flattened, are what this undoes. Measured with -style_kernel 3x5, it raised both STOI
-    and the speaker margin (see the README).
+    and the speaker margin (see EXPERIMENTS.md).
     """
     generated, content = magnitude(log_spec), magnitude(content_log_spec)
     floor = 1e-10  # an all-zero frame: a finite, and then clipped, gain

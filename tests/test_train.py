@@ -45,8 +45,8 @@ def test_end_to_end_writes_wav_and_pictures(clips, tmp_path):
                      "-print_interval", "10", "-griffin_lim_iters", "10")
     assert result.returncode == 0, result.stderr
     assert "step 30: content" in result.stderr
-    assert sorted(os.listdir(out)) == ["low_as_high.wav", "low_as_high_loss.png",
-                                       "low_as_high_spectrograms.png"]
+    assert sorted(os.listdir(out)) == ["low_as_high.json", "low_as_high.wav",
+                                       "low_as_high_loss.png", "low_as_high_spectrograms.png"]
     audio, sr = sf.read(out / "low_as_high.wav")
     assert sr == 22050
     assert len(audio) == len(utils.load_audio(content))  # the content's duration
@@ -155,8 +155,8 @@ def test_ctrl_c_keeps_the_work_done(clips, tmp_path):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "interrupted (Ctrl-C)" in stderr and "Traceback" not in stderr
-    assert sorted(os.listdir(out)) == ["low_as_high.wav", "low_as_high_loss.png",
-                                       "low_as_high_spectrograms.png"]
+    assert sorted(os.listdir(out)) == ["low_as_high.json", "low_as_high.wav",
+                                       "low_as_high_loss.png", "low_as_high_spectrograms.png"]
     assert sorted(stdout.split()) == sorted(str(out / f) for f in os.listdir(out))
 
 
@@ -398,7 +398,7 @@ def test_style_kernel_and_follow_loudness_end_to_end(clips, tmp_path, capsys):
     assert len(audio) == len(utils.load_audio(content)) and np.max(np.abs(audio)) > 1e-3
 
 
-# ------------------------------------------------------------------------------ failures late in a run
+# ------------------------------------------------------------------------------ late failures
 
 def _main(argv, capsys):
     """train.main on the CPU: (exit status, stdout lines, stderr lines)."""
@@ -426,15 +426,18 @@ def test_names_too_long_for_the_file_system_fail_before_the_work(tmp_path, tone,
     assert not out.exists()  # made for the check, removed with it
 
 
-def test_a_folder_where_an_output_file_goes_fails_before_the_work(clips, tmp_path, capsys):
+@pytest.mark.parametrize("clip_count, blocked", [(1, "low_as_high_loss.png"),
+                                                 (1, "low_as_high.json"),  # the record
+                                                 (2, "index.html")])  # a batch's page
+def test_a_folder_where_an_output_file_goes_fails_before_the_work(clip_count, blocked, clips,
+                                                                  tmp_path, capsys):
     content, style = clips
-    (tmp_path / "out" / "low_as_high_loss.png").mkdir(parents=True)
-    code, stdout, err = _main(["-content", content, "-style", style,
+    (tmp_path / "out" / blocked).mkdir(parents=True)
+    code, stdout, err = _main(["-content", *[content] * clip_count, "-style", style,
                                "-output", str(tmp_path / "out")], capsys)
     assert code == 2 and stdout == []
-    assert err == [f"train.py: error: {tmp_path / 'out' / 'low_as_high_loss.png'}: "
-                   f"cannot write (Is a directory)"]
-    assert os.listdir(tmp_path / "out") == ["low_as_high_loss.png"]
+    assert err == [f"train.py: error: {tmp_path / 'out' / blocked}: cannot write (Is a directory)"]
+    assert os.listdir(tmp_path / "out") == [blocked]
 
 
 def test_a_full_disk_after_the_optimisation_is_one_line(clips, tmp_path, capsys, monkeypatch):
@@ -560,7 +563,8 @@ def test_ctrl_c_while_a_batch_is_written_lists_what_was_written(clips, tmp_path,
                                "-griffin_lim_iters", "2", "-output", str(out)], capsys)
     assert code == 130 and err[-1] == "train.py: interrupted"
     assert stdout == [str(out / f) for f in ("low_as_high.wav", "low_as_high_spectrograms.png",
-                                             "low_as_high_loss.png", "low_as_high_2.wav",
+                                             "low_as_high_loss.png", "low_as_high.json",
+                                             "low_as_high_2.wav",
                                              "low_as_high_2_spectrograms.png")]
     assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in stdout)
 
@@ -609,7 +613,7 @@ def test_an_interrupted_ensemble_member_is_left_out(clips, tmp_path, monkeypatch
     np.testing.assert_array_equal(generated[0], made[0].result()[0])
 
 
-# ------------------------------------------------------------------------------ the CUDA path, read on the CPU
+# ------------------------------------------------------------------------------ CUDA, on a CPU
 
 def test_picking_cuda_keeps_float32_and_determinism(monkeypatch):
     """cuDNN would convolve in TF32 (5e-4 relative error) and choose algorithms by timing;
