@@ -18,7 +18,8 @@ Prints one row per generated clip, and adds its measures to the clip's record
     lsd_db       log-spectral distance between the spectrogram train.py optimised and the
                  spectrogram of the wav it wrote, i.e. what Griffin-Lim lost; read from
                  <name>_spectrogram.npy beside <name>.wav (train.py -save_spectrogram),
-                 "-" when there is none
+                 "-" when there is none; a wav train.py scaled down so as not to clip
+                 (it says so) adds that gain, in dB, to it
 The speaker embeddings are Resemblyzer's d-vectors, DNSMOS is speechmos's ONNX models and
 the recogniser PocketSphinx's English model; each package ships its trained weights, so
 nothing is downloaded. They are judges only: nothing here feeds back into a transfer.
@@ -229,6 +230,12 @@ def evaluate(content, style, generated_paths, encoder=None):
     Every file is read and checked before any measuring; pass `encoder` (load_encoder())
     to reuse one across calls.
     """
+    return list(measure(content, style, generated_paths, encoder))
+
+
+def measure(content, style, generated_paths, encoder=None):
+    """evaluate()'s rows one at a time, as each clip is measured (every file is still
+    read and checked before the first)."""
     content_16k = utils.load_audio(content, sr=ENCODER_RATE)
     content_stoi = utils.load_audio(content, sr=STOI_RATE)
     style_16k = utils.load_audio(style, sr=ENCODER_RATE)
@@ -239,7 +246,6 @@ def evaluate(content, style, generated_paths, encoder=None):
     content_embedding = speaker_embedding(content_16k, encoder)
     content_words = transcript(content_16k)
     style_embedding = speaker_embedding(style_16k, encoder)
-    rows = []
     for path, y_16k, y_stoi, spec in generated:
         embedding = speaker_embedding(y_16k, encoder)
         sim_style = speaker_similarity(embedding, style_embedding)
@@ -249,12 +255,11 @@ def evaluate(content, style, generated_paths, encoder=None):
             # The spectrogram was optimised at train.py's rate; measure the wav at the same.
             written = utils.log_spectrogram(utils.load_audio(path))
             lsd = log_spectral_distance(spec, written)
-        rows.append({"file": path, "sim_style": sim_style, "sim_content": sim_content,
-                     "margin": sim_style - sim_content,
-                     "stoi": stoi_score(y_stoi, content_stoi),
-                     "wer": word_error_rate(content_words, transcript(y_16k)),
-                     **dnsmos(y_16k), "lsd_db": lsd})
-    return rows
+        yield {"file": path, "sim_style": sim_style, "sim_content": sim_content,
+               "margin": sim_style - sim_content,
+               "stoi": stoi_score(y_stoi, content_stoi),
+               "wer": word_error_rate(content_words, transcript(y_16k)),
+               **dnsmos(y_16k), "lsd_db": lsd}
 
 
 # ------------------------------------------------------------------------------ command line
@@ -318,17 +323,27 @@ def run(args):
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
             raise utils.AudioError(f"-csv {args.csv}: cannot write there (no such folder, "
                                    f"or not writable)")
+        utils.check_writable_files([args.csv])
     groups = clip_groups(args.clips)
     encoder = load_encoder() if len(groups) > 1 else None  # one load for several pairs
-    measured = []
-    for content, style, generated in groups:
-        measured += [(row, content, style)
-                     for row in evaluate(content, style, generated, encoder=encoder)]
+    clips = [path for _, _, generated in groups for path in generated]
+    width = max(len("file"), *(len(path) for path in clips))
+    measured, interrupted = [], False
+    try:
+        # each row is printed as it is measured, so that Ctrl-C keeps those
+        for content, style, generated in groups:
+            for row in measure(content, style, generated, encoder):
+                if not measured:
+                    print(table_line(COLUMNS, width))
+                measured.append((row, content, style))
+                print(table_line(table_cells(row), width), flush=True)
+    except KeyboardInterrupt:
+        if not measured:
+            raise
+        interrupted = True
+        print(f"evaluate.py: interrupted after {len(measured)} of {len(clips)} clips",
+              file=sys.stderr)
     rows = [row for row, _, _ in measured]
-    width = max(len("file"), *(len(r["file"]) for r in rows))
-    print(table_line(COLUMNS, width))
-    for row in rows:
-        print(table_line(table_cells(row), width))
     if args.csv:
         write_csv(args.csv, rows)
     # Last, so that a results folder that cannot be written still gets its table printed.
@@ -336,19 +351,19 @@ def run(args):
                for row, content, style in measured]
     for folder in sorted({os.path.dirname(path) for path in updated if path}):
         report.refresh_page(folder)  # a page beside the records shows the new measures
-    return 0
+    return 130 if interrupted else 0
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (utils.AudioError, MissingPackage) as e:
+    except (utils.AudioError, MissingPackage) as e:  # OutputError too: a -csv not written
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # writing the CSV failed after all (disk full, ...)
-        print(f"evaluate.py: error: -csv {args.csv}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("evaluate.py: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

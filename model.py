@@ -16,14 +16,15 @@ class RandomCNN(nn.Module):
 
     With the same seed the weights are those of the reference run under
     torch.manual_seed(seed): it builds an nn.Conv2d (whose default init uses the global
-    generator) and then draws torch.randn for the weights, and so do we. The global
-    generator is left as it was.
+    generator) and then draws torch.randn for the weights, and so do we. Only the CPU
+    generator is seeded, and it is left as it was: torch.manual_seed would also reseed
+    every CUDA generator, which fork_rng(devices=[]) does not put back.
     """
 
     def __init__(self, seed=0, channels=32, kernel=(3, 1)):
         super().__init__()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             conv = nn.Conv2d(1, channels, kernel_size=kernel, padding=(0, kernel[1] // 2))
             weight = torch.randn(conv.weight.shape)
             # The reference then draws the initial spectrogram from the same stream.

@@ -148,15 +148,13 @@ def pick_measures(measures):
 
 
 def write_text(path, text):
-    """Write `text` to `path` atomically; a folder that refuses it is an AudioError naming
-    the file (evaluate.py may be adding measures to results in someone else's folder)."""
+    """Write `text` to `path` atomically; a folder that refuses it is utils.atomic_write's
+    one line naming the file (evaluate.py may be adding measures to results in someone
+    else's folder)."""
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-    try:
-        utils.atomic_write(path, write)
-    except OSError as e:
-        raise utils.AudioError(f"{path}: cannot write ({e.strerror or e})") from None
+    utils.atomic_write(path, write)
     return path
 
 

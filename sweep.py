@@ -17,6 +17,9 @@ random CNN's seed moves a result by a few hundredths of margin and STOI; -seeds 
 weight with several, and the picture joins their means.
 Defaults use L-BFGS for 300 loss evaluations, which reaches a lower loss than the
 reference's 20000 Adam steps and takes seconds to a minute per weight on a CPU.
+Ctrl-C stops the sweep and still writes the points measured so far; one whose
+optimisation it cut short is marked (interrupted: yes, a hollow point, left out of the
+means), and the exit status is 130.
 """
 import argparse
 import csv
@@ -32,7 +35,7 @@ import utils
 TARGET_MARGIN, TARGET_STOI = 0.15, 0.80  # issue 5's target: this margin or more at this STOI
 COLUMNS = ["style_weight", "seed", "margin", "stoi", "wer", "dnsmos_ovrl", "dnsmos_sig",
            "dnsmos_bak", "sim_style", "sim_content", "lsd_db", "content_loss", "style_loss",
-           "seconds", "file"]
+           "seconds", "file", "interrupted"]
 
 
 def _comma_separated(text, kind, noun):
@@ -53,7 +56,10 @@ def weight_list(text):
 
 
 def seed_list(text):
-    return list(dict.fromkeys(_comma_separated(text, int, "integers")))  # as given, once each
+    seeds = _comma_separated(text, int, "integers")
+    for seed in seeds:  # each within what train.py's -seed takes, with its message
+        train.seed_number(str(seed))
+    return list(dict.fromkeys(seeds))  # as given, once each
 
 
 def build_parser():
@@ -100,7 +106,16 @@ def plot(rows, path, title):
     colours = plt.get_cmap("viridis")([i / max(1, len(weights) - 1) for i in range(len(weights))])
     means = []
     for w, colour in zip(weights, colours):
-        mine = [r for r in rows if r["style_weight"] == w]
+        cut = [r for r in rows if r["style_weight"] == w and r["interrupted"]]
+        mine = [r for r in rows if r["style_weight"] == w and not r["interrupted"]]
+        if cut:  # an optimisation Ctrl-C cut short: shown, hollow, and kept out of the mean
+            ax.scatter([r["stoi"] for r in cut], [r["margin"] for r in cut], s=40, zorder=2,
+                       facecolors="none", edgecolors=colour, label="interrupted (Ctrl-C)")
+            if not mine:
+                ax.annotate(f"w={weight_text(w)} (interrupted)", (cut[0]["stoi"],
+                            cut[0]["margin"]), textcoords="offset points", xytext=(5, 5),
+                            fontsize=8)
+                continue
         x, y = [r["stoi"] for r in mine], [r["margin"] for r in mine]
         ax.scatter(x, y, color=colour, s=40 if len(mine) == 1 else 18, zorder=2)
         means.append((sum(x) / len(x), sum(y) / len(y)))
@@ -108,7 +123,8 @@ def plot(rows, path, title):
         if len(mine) > 1:
             ax.scatter(*means[-1], color=colour, marker="D", s=50, edgecolor="k", zorder=3)
         ax.annotate(label, means[-1], textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.plot(*zip(*means), "-", color="0.7", zorder=1)
+    if means:
+        ax.plot(*zip(*means), "-", color="0.7", zorder=1)
     ax.axhline(TARGET_MARGIN, color="tab:red", ls="--", lw=1,
                label=f"target: margin >= {TARGET_MARGIN:+.2f}")
     ax.axvline(TARGET_STOI, color="tab:blue", ls="--", lw=1,
@@ -135,9 +151,41 @@ def write_csv(path, rows):
             out.writerow(COLUMNS)
             for r in rows:
                 out.writerow([weight_text(r["style_weight"]), r["seed"]]
-                             + [("" if r[k] is None else f"{r[k]:.6g}") for k in COLUMNS[2:-1]]
-                             + [r["file"]])
+                             + [("" if r[k] is None else f"{r[k]:.6g}") for k in COLUMNS[2:-2]]
+                             + [r["file"], "yes" if r["interrupted"] else "no"])
     utils.atomic_write(path, write)
+
+
+def point_name(c_name, s_name, weight, seed, several_seeds):
+    name = f"{c_name}_as_{s_name}_w{weight_text(weight)}"
+    return name + f"_seed{seed}" if several_seeds else name
+
+
+def final_losses(runs):
+    """The last recorded content and style loss of the first random CNN's run, or None
+    for both when it recorded none (-epochs 0)."""
+    history = runs[0][1]
+    if not history:
+        return None, None
+    return float(history[-1][1][0]), float(history[-1][2][0])
+
+
+def sweep_point(args, content, style, device, encoder, stem, name):
+    """One transfer at args.style_weight and args.seed, written and measured: its row."""
+    start = time.perf_counter()
+    content_specs, style_spec, generated, runs, why = train.transfer(
+        args, [content], style, device, progress=False)
+    train.check_invertible(generated)
+    wav = train.write_outputs(stem, name, content, content_specs[0], style_spec,
+                              generated[0], runs, 0, args, device)[0]
+    seconds = time.perf_counter() - start
+    measured = evaluate.evaluate(args.content, args.style, [wav], encoder=encoder)[0]
+    report.write_record(wav, report.run_record(args, args.content, runs, 0, why, device,
+                                               seconds, measures=measured))
+    content_loss, style_loss = final_losses(runs)
+    return dict(measured, style_weight=args.style_weight, seed=args.seed, seconds=seconds,
+                content_loss=content_loss, style_loss=style_loss,
+                interrupted=why.startswith("interrupted"))
 
 
 def run(args, parser):
@@ -148,6 +196,8 @@ def run(args, parser):
         raise train.UsageError(f"-content: give one clip, not {len(args.content)}")
     args.content = args.content[0]
     train.settle_defaults(args)
+    seeds = args.seeds or [args.seed]
+    train.check_seeds(seeds, args.ensemble)
     device = train.pick_device(args.device)
     content = utils.load_audio(args.content)
     style = utils.load_audio(args.style)
@@ -155,42 +205,41 @@ def run(args, parser):
     c_name = os.path.splitext(os.path.basename(args.content))[0]
     s_name = os.path.splitext(os.path.basename(args.style))[0]
     stem = os.path.join(args.output, f"sweep_{c_name}_{s_name}")
-    utils.check_writable_dir(stem)  # also makes -output
+    points = [(w, seed, point_name(c_name, s_name, w, seed, len(seeds) > 1))
+              for w in args.weights for seed in seeds]
+    planned = [p for _, _, name in points for p in train.planned_outputs(stem, name, args)]
+    # the page, and its copy of the sweep's picture
+    planned += [os.path.join(stem, name) for name in (report.PAGE, os.path.basename(stem) + ".png")]
 
-    seeds = args.seeds or [args.seed]
-    rows = []
-    print(f"{'weight':>8} {'seed':>5} {'margin':>7} {'stoi':>6} {'sim_style':>9} "
-          f"{'sim_content':>11} {'seconds':>7}", flush=True)
-    for w, seed in [(w, seed) for w in args.weights for seed in seeds]:
-        args.style_weight, args.seed = w, seed
-        start = time.perf_counter()
-        content_specs, style_spec, generated, runs, why = train.transfer(
-            args, [content], style, device, progress=False)
-        name = f"{c_name}_as_{s_name}_w{weight_text(w)}"
-        name += f"_seed{seed}" if len(seeds) > 1 else ""
-        wav = train.write_outputs(stem, name, content, content_specs[0], style_spec,
-                                  generated[0], runs, 0, args, device)[0]
-        seconds = time.perf_counter() - start
-        measured = evaluate.evaluate(args.content, args.style, [wav], encoder=encoder)[0]
-        report.write_record(wav, report.run_record(args, args.content, runs, 0, why, device,
-                                                   seconds, measures=measured))
-        last = runs[0][1][-1]  # the losses of the first random CNN's run
-        rows.append(dict(measured, style_weight=w, seed=seed, seconds=seconds,
-                         content_loss=float(last[1][0]), style_loss=float(last[2][0])))
-        r = rows[-1]
-        print(f"{weight_text(w):>8} {seed:>5} {r['margin']:+7.3f} {r['stoi']:6.3f} "
-              f"{r['sim_style']:9.3f} {r['sim_content']:11.3f} {seconds:7.1f}", flush=True)
-        if why.startswith("interrupted"):
-            break
-    args.style_weight = None
-    write_csv(stem + ".csv", rows)
-    plot(rows, stem + ".png", f"{c_name} -> {s_name}: style-weight sweep\n"
-                              f"{setting_text(args, parser)}")
-    print(report.write_page(stem, [r["file"] for r in rows], pictures=[stem + ".png"],
-                            title=f"{c_name} -> {s_name}: style-weight sweep"))
-    print(stem + ".csv")
-    print(stem + ".png")
-    return 0
+    rows, stopped = [], False
+    # every file the sweep will write is checked now, not after the work
+    with utils.output_dir(args.output, [stem + ".csv", stem + ".png"]), \
+            utils.output_dir(stem, planned), train.memory_reported([content], style, device):
+        print(f"{'weight':>8} {'seed':>5} {'margin':>7} {'stoi':>6} {'sim_style':>9} "
+              f"{'sim_content':>11} {'seconds':>7}", flush=True)
+        try:
+            for w, seed, name in points:
+                args.style_weight, args.seed = w, seed
+                rows.append(sweep_point(args, content, style, device, encoder, stem, name))
+                r = rows[-1]
+                print(f"{weight_text(w):>8} {seed:>5} {r['margin']:+7.3f} {r['stoi']:6.3f} "
+                      f"{r['sim_style']:9.3f} {r['sim_content']:11.3f} {r['seconds']:7.1f}"
+                      + ("  interrupted" if r["interrupted"] else ""), flush=True)
+                if r["interrupted"]:
+                    break
+        except KeyboardInterrupt:  # outside an optimisation (writing or measuring a point)
+            stopped = True
+            train.log(f"interrupted (Ctrl-C): keeping the {len(rows)} point(s) measured")
+        args.style_weight = None
+        if rows:
+            write_csv(stem + ".csv", rows)
+            plot(rows, stem + ".png", f"{c_name} -> {s_name}: style-weight sweep\n"
+                                      f"{setting_text(args, parser)}")
+            print(report.write_page(stem, [r["file"] for r in rows], pictures=[stem + ".png"],
+                                    title=f"{c_name} -> {s_name}: style-weight sweep"))
+            print(stem + ".csv")
+            print(stem + ".png")
+    return 130 if stopped or (rows and rows[-1]["interrupted"]) else 0
 
 
 def main(argv=None):

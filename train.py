@@ -16,8 +16,10 @@ the example voices in input/. Writes into output/ (or -output):
 """
 import argparse
 import collections
+import contextlib
 import math
 import os
+import re
 import sys
 import time
 
@@ -45,17 +47,33 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see -h)\n")
 
 
-def number(kind, low, low_ok=True):
+def number(kind, low, low_ok=True, high=None):
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or value < low or (value == low and not low_ok):
+        # math.isfinite would overflow on an int of 400 digits; an int is finite anyway
+        finite = kind is int or math.isfinite(value)
+        if not finite or value < low or (value == low and not low_ok):
             bound = f">= {low}" if low_ok else f"> {low}"
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
         return value
     return parse
+
+
+# torch seeds its generators with an unsigned 64-bit number, numpy's with one >= 0
+MAX_SEED = 2 ** 64 - 1
+seed_number = number(int, 0, high=MAX_SEED)
+
+
+def check_seeds(seeds, ensemble=1):
+    """-ensemble K runs the seeds s .. s+K-1 of each given seed: all must be valid."""
+    if max(seeds) + ensemble - 1 > MAX_SEED:
+        raise UsageError(f"-seed {max(seeds)} with -ensemble {ensemble} runs seeds up to "
+                         f"{max(seeds) + ensemble - 1}, past the largest, {MAX_SEED}")
 
 
 def ratio(text):
@@ -143,7 +161,7 @@ def build_parser():
     p.add_argument("-plot_interval", type=number(int, 1), default=None,
                    help="record a point of the loss curve every this many iterations "
                         "(default: 200 points in all)")
-    p.add_argument("-seed", type=int, default=0,
+    p.add_argument("-seed", type=seed_number, default=0,
                    help="random CNN weights, initial spectrogram and Griffin-Lim phase")
     p.add_argument("-device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("-kernel", choices=["3x1", "3x3"], default="3x1",
@@ -220,11 +238,60 @@ def output_names(content_files, style_file):
 
 def pick_device(name):
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("-device cuda: no CUDA device is available "
                          "(check the driver and CUDA_VISIBLE_DEVICES)")
+    if name == "cuda":
+        exact_cuda()
     return torch.device(name)
+
+
+def exact_cuda():
+    """float32 and the same result for the same seed on CUDA, as on the CPU. cuDNN would
+    convolve in TF32 on Ampere and later (about 5e-4 relative error in the features), and
+    pick its algorithms by timing, which can change a result from run to run."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False  # torch's default; stated, not assumed
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def _allocation(error):
+    """How much the failed allocation asked for, as its message says it, or None."""
+    text = str(error)
+    found = re.search(r"allocate (\d+) bytes", text)  # torch's CPU allocator
+    if found:
+        return f"{int(found.group(1)) / 2 ** 30:.2f} GiB"
+    found = re.search(r"allocate ([\d.]+) ([KMGTP]?i?B)", text)  # CUDA's, numpy's ("256.")
+    return f"{float(found.group(1)):.2f} {found.group(2)}" if found else None
+
+
+def out_of_memory(error):
+    """Whether `error` is an allocation that failed: torch's on either device, numpy's.
+    torch's CPU allocator raises a plain RuntimeError, told apart by its words."""
+    return (isinstance(error, (MemoryError, torch.OutOfMemoryError))
+            or (isinstance(error, RuntimeError)
+                and re.search(r"DefaultCPUAllocator|can't allocate memory", str(error))
+                is not None))
+
+
+@contextlib.contextmanager
+def memory_reported(contents, style, device):
+    """Turn running out of memory into one line: how long the clips are (what the memory
+    grows with) and what the allocation that failed asked for."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        seconds = sum(len(y) for y in contents) / utils.SAMPLE_RATE
+        amount = _allocation(e)
+        raise UsageError(f"out of memory on {device}"
+                         + (f" allocating {amount}" if amount else "")
+                         + f" for {seconds:.1f} s of content ({len(contents)} clip(s)) and "
+                         f"{len(style) / utils.SAMPLE_RATE:.1f} s of style: use shorter "
+                         f"or fewer clips") from None
 
 
 # ------------------------------------------------------------------------------ optimisation
@@ -313,6 +380,8 @@ class Transfer:
         """Optimise for `iterations` loss evaluations, calling observe(i, content, style)
         after each; observe may raise to stop. Returns True if the optimiser itself
         stopped before the count (L-BFGS finding no further descent)."""
+        if iterations == 0:  # L-BFGS would still evaluate the loss once
+            return False
         if self.optimizer_name == "lbfgs":
             return self._run_lbfgs(iterations, observe)
         step = self.step
@@ -366,6 +435,11 @@ class Converged(Exception):
     """The stopping rule fired; the message says why."""
 
 
+class NonFiniteLoss(UsageError):
+    """The loss, or the spectrogram, overflowed or became NaN: settings too large for
+    float arithmetic. Going on could only end in a Griffin-Lim of NaNs."""
+
+
 def graphed(step):
     """Record one call of `step` (forward, backward, Adam) as a CUDA graph.
 
@@ -380,17 +454,29 @@ def graphed(step):
         first = step()  # allocates Adam's state and autograd's buffers outside the graph
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
+    before = torch.cuda.current_stream()
     try:
         with torch.cuda.graph(graph):
             static = step()
     except Exception as e:  # an op or driver that cannot be captured: run eagerly
-        log(f"CUDA graph capture failed ({e}); running eagerly")
+        # torch.cuda.graph's exit ends the capture before it leaves the capture stream:
+        # when that raises, every later op would run on the capture stream
+        torch.cuda.set_stream(before)
+        log(f"CUDA graph capture failed ({root_cause(e)}); running eagerly")
         return step, first
 
     def replay():
         graph.replay()
         return static
     return replay, first
+
+
+def root_cause(error):
+    """The first exception of a chain: when a step fails inside a capture, ending the
+    capture fails too, and its error (the one raised) only says the capture broke."""
+    while error.__context__ is not None:
+        error = error.__context__
+    return f"{type(error).__name__}: {error}"
 
 
 class Monitor:
@@ -401,6 +487,7 @@ class Monitor:
                  on_gpu=False, progress=True):
         self.total, self.print_interval, self.plot_interval = total, print_interval, plot_interval
         self.tol, self.window = tol, window
+        self.on_gpu = on_gpu
         self.refresh = 100 if on_gpu else 10  # reading a loss makes the GPU wait: seldom
         self.history, self.done, self.last = [], 0, None
         self.recent = collections.deque()  # (iteration, total loss) where it was read
@@ -411,9 +498,18 @@ class Monitor:
         self.done, self.last = i, (content, style)
         if i == 1 or i % self.plot_interval == 0 or i == self.total:
             self.record()
-        if i % self.refresh and i % self.print_interval and i != self.total:
+        shown = not (i % self.refresh and i % self.print_interval and i != self.total)
+        if not shown and self.on_gpu:  # on the CPU a loss is free to read: each is checked
             return
         c, s = float(content.sum()), float(style.sum())
+        if not (math.isfinite(c) and math.isfinite(s)):  # a sum is finite if each loss is
+            self.bar.close()
+            when = f"by step {i}" if self.on_gpu else f"at step {i}"
+            raise NonFiniteLoss(f"the loss is not finite {when} (content {c:.4g}, style "
+                                f"{s:.4g}): lower -content_weight, -style_weight or "
+                                f"-learning_rate")
+        if not shown:
+            return
         self.bar.set_postfix(content=f"{c:.4g}", style=f"{s:.4g}", total=f"{c + s:.4g}",
                              refresh=False)
         self.bar.update(i - self.bar.n)
@@ -466,23 +562,68 @@ def optimise(transfer, epochs, print_interval=1000, plot_interval=100, tol=None,
 
 # ------------------------------------------------------------------------------ outputs
 
+def check_invertible(generated):
+    """Griffin-Lim needs a finite magnitude exp(S) - 1 in every bin of every clip. The
+    last Adam step comes after the last loss was read, and can leave NaN, or values whose
+    exp overflows, that no loss has shown: checked before anything is written."""
+    for spec in generated:
+        with np.errstate(over="ignore"):
+            finite = np.all(np.isfinite(utils.magnitude(spec)))
+        if not finite:
+            raise NonFiniteLoss("the optimised spectrogram is not finite (or exp(S) - 1 "
+                                "overflows): lower -content_weight, -style_weight or "
+                                "-learning_rate")
+
+
+def output_paths(out_dir, name, args):
+    """The files write_outputs makes for one clip, in the order it makes them: the wav,
+    the spectrograms, the loss curves and, with -save_spectrogram, the array."""
+    base = os.path.join(out_dir, name)
+    paths = [base + ".wav", base + "_spectrograms.png", base + "_loss.png"]
+    return paths + [base + "_spectrogram.npy"] if args.save_spectrogram else paths
+
+
+def planned_outputs(out_dir, name, args):
+    """Every file one clip's result gets: output_paths() and the record (report.py)."""
+    paths = output_paths(out_dir, name, args)
+    return paths + [report.record_path(paths[0])]
+
+
+def several_results(names, args):
+    """Whether a run writes a listening page: several results, or runs, to compare."""
+    return len(names) > 1 or args.ensemble > 1
+
+
 def write_outputs(out_dir, name, content_audio, content_spec, style_spec, generated, runs,
-                  index, args, device):
-    """Everything one clip's run produces; each file appears whole or not at all.
+                  index, args, device, written=None):
+    """Everything one clip's run produces; each file appears whole or not at all, and is
+    added to `written` as soon as it is there. Returns output_paths().
 
     runs: (seed, history) per random CNN, as transfer() returns them; the loss picture
     has the curves of each.
     """
-    base = os.path.join(out_dir, name)
+    paths = output_paths(out_dir, name, args)
+    wav, spectrograms, loss = paths[:3]
+    done = written if written is not None else []
     phase = np.angle(utils.stft(content_audio)) if args.phase == "content" else None
     audio = utils.griffin_lim(generated, len(content_audio), iters=args.griffin_lim_iters,
                               phase=phase, momentum=args.griffin_lim_momentum, seed=args.seed,
                               device=device)
+    if not np.all(np.isfinite(audio)):  # float32 on the GPU overflows sooner than the check
+        raise NonFiniteLoss(f"{wav}: Griffin-Lim's result is not finite; the spectrogram "
+                            f"reaches {np.max(generated):.4g}: lower -content_weight, "
+                            f"-style_weight or -learning_rate")
     if args.vocoder == "hifigan":
         audio = vocoder.from_audio(audio, device)
-    utils.save_wav(base + ".wav", audio)
+    audio, gain = utils.fit_full_scale(audio)
+    if gain < 1:  # the wav only: the spectrogram saved and pictured stays as optimised
+        log(f"{wav}: Griffin-Lim's peak {utils.FULL_SCALE / gain:.3g} passes full scale: "
+            f"scaled by {20 * math.log10(gain):.1f} dB so that it does not clip")
+    utils.save_wav(wav, audio)
+    done.append(wav)
     utils.plot_spectrograms([("content", content_spec), ("style", style_spec),
-                             ("generated", generated)], base + "_spectrograms.png")
+                             ("generated", generated)], spectrograms)
+    done.append(spectrograms)
     curves = {}
     for seed, history in runs:
         steps = [h[0] for h in history]
@@ -492,10 +633,12 @@ def write_outputs(out_dir, name, content_audio, content_spec, style_spec, genera
         curves.update({"content" + label: list(zip(steps, content)),
                        "style" + label: list(zip(steps, style)),
                        "total" + label: list(zip(steps, np.add(content, style)))})
-    utils.plot_losses(curves, base + "_loss.png", title=name)
+    utils.plot_losses(curves, loss, title=name)
+    done.append(loss)
     if args.save_spectrogram:
-        utils.atomic_write(base + "_spectrogram.npy", lambda tmp: np.save(tmp, generated))
-    return [base + ".wav", base + "_spectrograms.png", base + "_loss.png"]
+        utils.atomic_write(paths[3], lambda tmp: np.save(tmp, generated))
+        done.append(paths[3])
+    return paths
 
 
 def pitch_ratios(setting, contents, style):
@@ -564,7 +707,8 @@ def transfer(args, contents, style, device, progress=True):
     Returns (content_specs, style_spec, generated, runs, why): generated holds one log
     spectrogram per content clip (the ensemble's average, then -follow_loudness: what
     Griffin-Lim will invert); runs one (seed, history) per random CNN that ran; why says
-    how the last one stopped. Ctrl-C keeps the runs done, the interrupted one included.
+    how the last one stopped. Ctrl-C keeps the runs done; the interrupted one only when
+    no other finished.
     """
     content_specs, style_spec = input_spectrograms(args, contents, style)
     results, runs = [], []
@@ -583,10 +727,15 @@ def transfer(args, contents, style, device, progress=True):
             if done:
                 log(f"{done} iterations in {seconds:.1f} s "
                     f"({1000 * seconds / done:.2f} ms each)")
-            results.append(member.result())
-            runs.append((seed, history))
+            interrupted = why.startswith("interrupted")
+            if interrupted and results:  # half a run would weigh as much as a whole one
+                log(f"random CNN {seed - args.seed + 1} was cut short: left out, the "
+                    f"average is of the {len(results)} that finished")
+            else:
+                results.append(member.result())
+                runs.append((seed, history))
             del member  # its activations and optimiser state: free before the next one
-            if why.startswith("interrupted"):
+            if interrupted:
                 break
     except KeyboardInterrupt:  # between two runs, while the next one was being set up
         if not results:
@@ -615,26 +764,33 @@ def settle_defaults(args):
 def run(args):
     started = time.perf_counter()  # the record's wall time: loading to writing
     settle_defaults(args)
+    check_seeds([args.seed], args.ensemble)
     device = pick_device(args.device)
     files = content_paths(args.content)
     contents = [utils.load_audio(f) for f in files]  # every input is checked before any work
     style = utils.load_audio(args.style)
-    utils.check_writable_dir(args.output)
     names = output_names(files, args.style)
-
-    content_specs, style_spec, generated, runs, why = transfer(args, contents, style, device)
+    planned = [p for name in names for p in planned_outputs(args.output, name, args)]
+    if several_results(names, args):
+        planned.append(os.path.join(args.output, report.PAGE))
     written = []
-    for i, spec in enumerate(generated):
-        written += write_outputs(args.output, names[i], contents[i], content_specs[i],
-                                 style_spec, spec, runs, i, args, device)
-        wav = os.path.join(args.output, names[i] + ".wav")
-        written.append(report.write_record(wav, report.run_record(
-            args, files[i], runs, i, why, device, time.perf_counter() - started)))
-    if len(names) > 1 or args.ensemble > 1:  # several results, or runs, to compare by ear
-        written.append(report.write_page(args.output, [os.path.join(args.output, n + ".wav")
-                                                       for n in names]))
-    for path in written:
-        print(path)
+    # the output is checked now, not after the work
+    with utils.output_dir(args.output, planned), memory_reported(contents, style, device):
+        try:
+            content_specs, style_spec, generated, runs, why = transfer(args, contents, style,
+                                                                       device)
+            check_invertible(generated)
+            for i, spec in enumerate(generated):
+                wav = write_outputs(args.output, names[i], contents[i], content_specs[i],
+                                    style_spec, spec, runs, i, args, device, written)[0]
+                written.append(report.write_record(wav, report.run_record(
+                    args, files[i], runs, i, why, device, time.perf_counter() - started)))
+            if several_results(names, args):  # to compare by ear
+                written.append(report.write_page(
+                    args.output, [os.path.join(args.output, n + ".wav") for n in names]))
+        finally:  # on a failure or a second Ctrl-C too: what is there, whole, is listed
+            for path in written:
+                print(path)
     return 130 if why.startswith("interrupted") else 0
 
 

@@ -3,6 +3,9 @@
 Everything here works on plain numpy arrays (or torch tensors for the GPU
 Griffin-Lim) and knows nothing about the random CNN.
 """
+import contextlib
+import errno
+import io
 import os
 import tempfile
 
@@ -21,6 +24,17 @@ os.umask(_UMASK)
 
 class AudioError(Exception):
     """A problem with a file the user named; the message is one line that names it."""
+
+
+class OutputError(AudioError):
+    """An output file or folder that cannot be written; one line, as AudioError's."""
+
+
+def cannot_write(path, error):
+    """The one error line for a file that could not be written, with the system's reason
+    (an OSError's strerror, e.g. 'No space left on device')."""
+    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return OutputError(f"{path}: cannot write ({reason})")
 
 
 # ---------------------------------------------------------------------------- audio in / out
@@ -58,35 +72,140 @@ def load_audio(path, sr=SAMPLE_RATE, n_fft=N_FFT):
 
 def atomic_write(path, write):
     """Call write(tmp_path), then rename onto `path`: readers never see half a file,
-    and a failure leaves whatever was at `path` untouched."""
+    and a failure leaves whatever was at `path` untouched. Every output goes through
+    here, so a system error on the way (full disk, name too long, a folder in the way)
+    becomes the one OutputError line that names `path`."""
     directory = os.path.dirname(os.path.abspath(path))
     suffix = os.path.splitext(path)[1]  # keep the extension: soundfile and matplotlib read it
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    except OSError as e:
+        raise cannot_write(path, e) from None
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a result should not be
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise cannot_write(path, e) from None
         raise
 
 
+FULL_SCALE = 32767 / 32768  # the largest sample 16-bit PCM holds; libsndfile clips past it
+
+
+def fit_full_scale(y, ceiling=FULL_SCALE):
+    """`y` scaled down so that its peak is at most `ceiling`, and the gain used (1 when
+    it already fits). Griffin-Lim's phase is its own, so its peak can pass full scale
+    even where the magnitudes are those of a clip that did not; a wav would clip it."""
+    peak = float(np.max(np.abs(y))) if len(y) else 0.0
+    if peak <= ceiling:
+        return y, 1.0
+    gain = ceiling / peak
+    return (y * gain).astype(y.dtype), gain
+
+
+def _write_bytes(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def save_wav(path, y, sr=SAMPLE_RATE):
-    atomic_write(path, lambda tmp: sf.write(tmp, y, sr, subtype="PCM_16"))
+    # Encoded in memory first: libsndfile reports a failed write as "System error", with
+    # no reason; Python's own write says which (e.g. No space left on device).
+    buffer = io.BytesIO()
+    sf.write(buffer, y, sr, subtype="PCM_16", format="WAV")
+    atomic_write(path, lambda tmp: _write_bytes(tmp, buffer.getvalue()))
 
 
-def check_writable_dir(path):
-    """Create the output folder if needed and make sure files can be made in it."""
+def _folders_to_make(path):
+    """The folders os.makedirs(path) would create, outermost first."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing[::-1]
+
+
+def remove_empty_dirs(folders):
+    """Remove `folders` (outermost first, as check_writable_dir returns them) where they
+    are empty, innermost first: a failed or interrupted run leaves no empty folder."""
+    for folder in reversed(folders):
+        if not os.path.isdir(folder):  # never made (makedirs failed part way) or gone
+            continue
+        try:
+            os.rmdir(folder)  # only ever removes an empty folder
+        except OSError:
+            return  # holds something: so do the ones around it
+
+
+def _make_a_file_in(folder, path):
+    """Make and remove a file in `folder`; if it cannot be made, the error names `path`.
+    os.access alone is not enough: as root it passes /sys/kernel, which refuses files."""
+    try:
+        fd, trial = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    except OSError as e:
+        raise cannot_write(path, e) from None
+    os.close(fd)
+    os.remove(trial)
+
+
+def _refusal(code):
+    return OSError(code, os.strerror(code))
+
+
+def check_writable_files(paths):
+    """What can be known before writing each of `paths`, so that a long run does not fail
+    at its end: its folder takes files, its name fits the file system, and no folder is
+    in the way."""
+    tried = set()
+    for path in paths:
+        folder = os.path.dirname(os.path.abspath(path))
+        if folder not in tried:
+            _make_a_file_in(folder, path)
+            tried.add(folder)
+        if (len(os.fsencode(os.path.basename(path))) > os.pathconf(folder, "PC_NAME_MAX")
+                or len(os.fsencode(os.path.abspath(path))) >= os.pathconf(folder, "PC_PATH_MAX")):
+            raise cannot_write(path, _refusal(errno.ENAMETOOLONG))
+        if os.path.isdir(path):
+            raise cannot_write(path, _refusal(errno.EISDIR))
+
+
+def check_writable_dir(path, files=()):
+    """Create the output folder if needed, make sure files can be made in it, and check
+    each of `files` (paths in it) as check_writable_files does. Returns the folders it
+    created, for remove_empty_dirs; when a check fails it removes them itself."""
+    created = _folders_to_make(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
+        remove_empty_dirs(created)
         raise AudioError(f"{path}: cannot create output folder ({e.strerror})") from None
-    if not os.path.isdir(path):
-        raise AudioError(f"{path}: output path exists and is not a folder")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise AudioError(f"{path}: output folder is not writable")
+    try:
+        if not os.path.isdir(path):
+            raise AudioError(f"{path}: output path exists and is not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise AudioError(f"{path}: output folder is not writable")
+        _make_a_file_in(path, path)
+        check_writable_files(files)
+    except BaseException:
+        remove_empty_dirs(created)
+        raise
+    return created
+
+
+@contextlib.contextmanager
+def output_dir(path, files=()):
+    """check_writable_dir, and the folders it made removed again if the work inside
+    fails or is interrupted before it writes anything into them."""
+    created = check_writable_dir(path, files)
+    try:
+        yield
+    finally:
+        remove_empty_dirs(created)
 
 
 # ---------------------------------------------------------------------------- spectrograms
@@ -227,8 +346,10 @@ def _pyplot():
 
 def save_figure(fig, path):
     plt = _pyplot()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def plot_spectrograms(named_specs, path, sr=SAMPLE_RATE, n_fft=N_FFT):
@@ -275,7 +396,10 @@ def plot_losses(history, path, title="loss"):
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if any(history.values()):
+        ax.legend()
+    else:  # -epochs 0: nothing was optimised, and an empty legend would only warn
+        ax.text(0.5, 0.5, "no iterations run", transform=ax.transAxes, ha="center")
     save_figure(fig, path)
 
 

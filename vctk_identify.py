@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import utils
 from model import RandomCNN
-from train import OneLineParser, UsageError, number, pick_device
+from train import OneLineParser, UsageError, number, pick_device, seed_number
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 TILE_BYTES = 1 << 30  # the Gram tile of every utterance at once: the largest thing held
@@ -61,7 +61,7 @@ def build_parser():
                    help="the first this many utterances of each speaker (default: %(default)s)")
     p.add_argument("-train", type=number(int, 1), default=None,
                    help="training utterances per speaker (default: 9 of every 15; see below)")
-    p.add_argument("-seed", type=int, default=0,
+    p.add_argument("-seed", type=seed_number, default=0,
                    help="seed of the random CNN's weights (default: %(default)s)")
     p.add_argument("-device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: cuda when there is one (default: %(default)s)")
@@ -309,14 +309,24 @@ def peak_memory():
     return rss, gpu
 
 
+def confusion_path(args, method):
+    return os.path.join(args.output, f"confusion_{args.speakers}x{args.utterances}_{method}.png")
+
+
 def run(args):
     """The experiment; returns {method: accuracy}."""
     start = time.perf_counter()
-    device = pick_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = False  # keep the features float32, as on the CPU
+    device = pick_device(args.device)  # on CUDA, float32 as on the CPU
     train, test = select(args.path, args.speakers, args.utterances, args.train)
-    utils.check_writable_dir(args.output)
+    methods = list(METHODS) if args.compare else ["gram"]
+    # the pictures' names are checked now; the folder goes again if nothing is written
+    with utils.output_dir(args.output, [confusion_path(args, m) for m in methods]):
+        return identify(args, train, test, device, methods, start)
+
+
+def identify(args, train, test, device, methods, start):
+    """Grams, distances and nearest neighbours: prints the table, writes the confusion
+    matrices, returns {method: accuracy}."""
     net = RandomCNN(args.seed).to(device)
 
     utterances = train + test
@@ -341,7 +351,7 @@ def run(args):
     print("| speakers | utterances each | train/test | distance | accuracy |")
     print("|---|---|---|---|---|")
     accuracies = {}
-    for method in (METHODS if args.compare else ["gram"]):
+    for method in methods:
         predicted = nearest_neighbour(distances[method], train_labels)
         accuracy = float(np.mean(predicted == test_labels))
         accuracies[method] = accuracy
@@ -349,8 +359,7 @@ def run(args):
               f"{METHODS[method]} | {100 * accuracy:.1f}% |", flush=True)
         confusion = np.zeros((len(speakers), len(speakers)), dtype=int)
         np.add.at(confusion, (test_labels, predicted), 1)
-        path = os.path.join(args.output,
-                            f"confusion_{len(speakers)}x{args.utterances}_{method}.png")
+        path = confusion_path(args, method)
         utils.plot_confusion(confusion, speakers, path,
                              title=f"{METHODS[method]}: {100 * accuracy:.1f}% of {len(test)}")
         print(f"wrote {path}", file=sys.stderr)

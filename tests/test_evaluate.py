@@ -219,3 +219,53 @@ def test_missing_package_names_it_and_the_fix(monkeypatch, capsys, package):
     assert err.startswith(f"evaluate.py: error: missing package {package}")
     assert "pip install -r requirements-eval.txt" in err and err.count("\n") == 1
     assert out == ""  # found before any measuring
+
+
+def test_ctrl_c_keeps_the_rows_measured(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the second clip is measured: the first clip's row is printed and in
+    the CSV, one line says how far it got, status 130 (it was a traceback)."""
+    real, calls = evaluate.stoi_score, []
+
+    def second_interrupted(*a):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a)
+    monkeypatch.setattr(evaluate, "stoi_score", second_interrupted)
+    table = tmp_path / "rows.csv"
+    assert evaluate.main([MALE, FEMALE, MALE, AWB, "-csv", str(table)]) == 130
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == ["file", MALE]
+    assert err == "evaluate.py: interrupted after 1 of 2 clips\n"
+    with open(table, newline="") as f:
+        assert [r["file"] for r in csv.DictReader(f)] == [MALE]
+
+
+def test_ctrl_c_before_any_row_is_one_line(tmp_path, monkeypatch, capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(evaluate, "load_encoder", interrupted)
+    assert evaluate.main([MALE, FEMALE, MALE, "-csv", str(tmp_path / "rows.csv")]) == 130
+    assert capsys.readouterr() == ("", "evaluate.py: interrupted\n")
+    assert os.listdir(tmp_path) == []
+
+
+def test_csv_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
+    """A name too long is found before the measuring; a full disk when the CSV is written
+    (a writer that fails by construction) gets the same one line."""
+    long_name = tmp_path / ("r" * 256 + ".csv")
+    assert evaluate.main([MALE, FEMALE, MALE, "-csv", str(long_name)]) == 2
+    assert capsys.readouterr() == ("", f"evaluate.py: error: {long_name}: cannot write "
+                                       f"(File name too long)\n")
+
+    def full_disk(path, rows):
+        def write(tmp):
+            open(tmp, "w").write("file,sim")
+            raise OSError(28, "No space left on device")
+        utils.atomic_write(path, write)
+    monkeypatch.setattr(evaluate, "write_csv", full_disk)
+    table = tmp_path / "rows.csv"
+    assert evaluate.main([MALE, FEMALE, MALE, "-csv", str(table)]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"evaluate.py: error: {table}: cannot write (No space left on device)\n"
+    assert os.listdir(tmp_path) == []

@@ -36,6 +36,27 @@ def test_random_cnn_draws_the_reference_weights_and_noise():
     assert not torch.equal(RandomCNN(seed=8).conv.weight, weight)
 
 
+def test_random_cnn_seeds_only_the_cpu_generator(monkeypatch):
+    """torch.manual_seed would reseed the CUDA generators as well (the start noise and
+    Griffin-Lim draw on the CPU, but anything else on the GPU would see its stream
+    restarted), and fork_rng(devices=[]) does not restore them: RandomCNN must not call
+    it, nor touch a CUDA generator in any other way."""
+    torch.manual_seed(7)
+    torch.nn.Conv2d(1, 32, kernel_size=(3, 1))
+    weight = torch.randn(32, 1, 3, 1)
+
+    def refuse(*_):
+        raise AssertionError("a CUDA generator or all devices' generators were seeded")
+    for name in ("manual_seed", "seed"):
+        monkeypatch.setattr(torch, name, refuse)
+    for name in ("manual_seed", "manual_seed_all", "seed", "seed_all", "set_rng_state",
+                 "set_rng_state_all"):
+        monkeypatch.setattr(torch.cuda, name, refuse)
+    before = torch.get_rng_state()
+    assert torch.equal(RandomCNN(seed=7).conv.weight, weight)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_network_is_conv_then_leaky_relu_by_hand():
     net = RandomCNN(seed=3, channels=2)
     x = torch.randn(1, 5, 4)

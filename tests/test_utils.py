@@ -1,4 +1,5 @@
 """Audio loading and its errors, the STFT, Griffin-Lim, atomic writes and pictures."""
+import errno
 import os
 
 import librosa
@@ -140,3 +141,106 @@ def test_follow_loudness_by_hand():
     quiet = magnitude(utils.follow_loudness(silent, np.log1p(np.array([[1.0, 0.0]] * 2)), 1.0,
                                             max_gain_db=20))
     assert quiet[0, 1] == pytest.approx(0.1, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------- failed writes
+
+def _full_disk(path, *_, **__):
+    """A write that fails as a full disk does: part of the file, then ENOSPC."""
+    with open(path, "wb") as f:
+        f.write(b"half a file")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_failed_write_is_one_line_naming_the_file_and_the_reason(tmp_path):
+    path = tmp_path / "result.txt"
+    path.write_text("old")
+    with pytest.raises(utils.OutputError) as info:
+        utils.atomic_write(str(path), _full_disk)
+    assert str(info.value) == f"{path}: cannot write (No space left on device)"
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["result.txt"]
+
+
+def test_save_wav_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch):
+    """libsndfile itself says only "System error" when the disk is full; the wav is
+    encoded in memory and written by Python, whose error says why."""
+    monkeypatch.setattr(utils, "_write_bytes", _full_disk)
+    wav = tmp_path / "out.wav"
+    with pytest.raises(utils.OutputError) as info:
+        utils.save_wav(str(wav), np.zeros(1000, np.float32))
+    assert str(info.value) == f"{wav}: cannot write (No space left on device)"
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_wav_writes_what_soundfile_would(tmp_path):
+    y = np.linspace(-0.5, 0.5, 2000, dtype=np.float32)
+    utils.save_wav(str(tmp_path / "a.wav"), y)
+    sf.write(tmp_path / "b.wav", y, utils.SAMPLE_RATE, subtype="PCM_16")
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+
+
+def test_output_checks_before_the_work(tmp_path):
+    """What would fail at the end of a run is found at its start: a name longer than the
+    file system takes, a folder where a file goes; the folders made for it go again."""
+    out = tmp_path / "a" / "b"
+    long_name = str(out / ("x" * 250 + "_spectrograms.png"))
+    with pytest.raises(utils.OutputError) as info:
+        utils.check_writable_dir(str(out), [str(out / "ok.wav"), long_name])
+    assert str(info.value) == f"{long_name}: cannot write (File name too long)"
+    assert os.listdir(tmp_path) == []  # a/ and a/b/ were made for the run, and removed
+    (tmp_path / "c" / "x.wav").mkdir(parents=True)
+    with pytest.raises(utils.OutputError) as info:
+        utils.check_writable_dir(str(tmp_path / "c"), [str(tmp_path / "c" / "x.wav")])
+    assert str(info.value) == f"{tmp_path / 'c' / 'x.wav'}: cannot write (Is a directory)"
+    assert os.listdir(tmp_path / "c") == ["x.wav"]  # the user's own folder stays
+
+
+def test_a_folder_that_refuses_files_is_found_by_trying_one(tmp_path, monkeypatch):
+    """os.access says yes to root for /sys/kernel, which then refuses every file: the
+    check makes (and removes) a file to know."""
+    real = utils.tempfile.mkstemp
+
+    def refusing(*args, dir=None, **kw):
+        if dir == str(tmp_path / "sysfs"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real(*args, dir=dir, **kw)
+    (tmp_path / "sysfs").mkdir()
+    monkeypatch.setattr(utils.tempfile, "mkstemp", refusing)
+    with pytest.raises(utils.OutputError) as info:
+        utils.check_writable_dir(str(tmp_path / "sysfs"))
+    assert str(info.value) == f"{tmp_path / 'sysfs'}: cannot write (Permission denied)"
+    utils.check_writable_dir(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["sysfs"]  # the trial file is gone again
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.isdir("/sys/kernel"),
+                    reason="as root only: os.access passes /sys/kernel for root alone")
+def test_sys_kernel_as_root_is_refused():
+    with pytest.raises(utils.OutputError, match="^/sys/kernel: cannot write"):
+        utils.check_writable_dir("/sys/kernel")
+
+
+def test_output_dir_is_removed_when_nothing_was_written(tmp_path):
+    for fail in (KeyboardInterrupt, utils.AudioError):
+        with pytest.raises(fail):
+            with utils.output_dir(str(tmp_path / "new" / "out")):
+                raise fail()
+        assert os.listdir(tmp_path) == []
+    with utils.output_dir(str(tmp_path / "new" / "out")):
+        (tmp_path / "new" / "out" / "result.wav").write_bytes(b"x")
+    assert os.listdir(tmp_path / "new" / "out") == ["result.wav"]
+
+
+def test_fit_full_scale_by_hand(tmp_path):
+    quiet = np.array([0.5, -0.25], np.float32)
+    same, gain = utils.fit_full_scale(quiet)
+    assert gain == 1.0 and same is quiet
+    loud = np.array([0.5, -2.0, 1.0], np.float32)
+    scaled, gain = utils.fit_full_scale(loud)
+    assert gain == pytest.approx(utils.FULL_SCALE / 2)
+    np.testing.assert_allclose(scaled, loud * utils.FULL_SCALE / 2, rtol=1e-6)
+    # and 16-bit PCM holds its peak: -2.0 -> -32767, where unscaled it would clip
+    utils.save_wav(str(tmp_path / "peak.wav"), scaled)
+    samples, _ = sf.read(tmp_path / "peak.wav", dtype="int16")
+    assert samples[1] == -32767  # the peak at full scale, and the rest in proportion
+    np.testing.assert_allclose(samples, scaled * 32768, atol=1.01)

@@ -284,12 +284,35 @@ def test_malformed_corpus_gets_one_error_line(tmp_path, capsys, case):
     # A bad audio file is found while loading: after the corpus line and the progress bar.
     assert len(lines) == 1 or case == "unreadable audio", err
     assert lines[-1].startswith("vctk_identify.py: error: ") and expected in lines[-1], err
+    assert not (tmp_path / "out").exists()  # made for a run that failed: removed again
+
+
+def test_a_folder_where_a_picture_goes_fails_before_the_work(corpora, tmp_path, capsys):
+    blocked = tmp_path / "out" / "confusion_3x4_gram.png"
+    blocked.mkdir(parents=True)
+    assert vi.main([corpora["plain"], "-speakers", "3", "-utterances", "4", "-train", "2",
+                    "-device", "cpu", "-output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"vctk_identify.py: error: {blocked}: cannot write (Is a directory)"
+    assert not any("audio" in line or "Gram" in line for line in err)  # nothing was loaded
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error of a machine without CUDA")
 def test_cuda_asked_for_without_one(corpora, tmp_path, capsys):
     assert vi.main([corpora["plain"], "-device", "cuda", "-output", str(tmp_path)]) == 2
     assert "-device cuda: no CUDA device" in capsys.readouterr().err
+
+
+def test_seed_out_of_range_is_refused_while_parsing(capsys):
+    """The same seed parser as train.py's: torch takes no seed outside 64 bits, numpy
+    none below 0."""
+    for bad, words in (("-1", "must be >= 0, got -1"),
+                       (str(2 ** 64), f"must be <= {2 ** 64 - 1}")):
+        with pytest.raises(SystemExit) as e:
+            vi.build_parser().parse_args(["corpus", "-seed", bad])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and words in err, err
+    assert vi.build_parser().parse_args(["corpus", "-seed", str(2 ** 64 - 1)]).seed == 2 ** 64 - 1
 
 
 @pytest.fixture(scope="module")
