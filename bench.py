@@ -232,6 +232,148 @@ def plot_convergence(curves, target, path):
     utils.save_figure(fig, path)
 
 
+# ------------------------------------------------------------------------------ real lengths
+
+def child_run(argv):
+    """Run argv in a child process: (seconds, its own peak RSS in MB, exit status, stderr)."""
+    with tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+        err.seek(0)
+        return seconds, usage.ru_maxrss / 1024, proc.returncode, err.read()
+
+
+def looped(path, seconds, folder):
+    """`path` repeated to `seconds`, as a 22050 Hz mono wav in `folder`."""
+    y = utils.load_audio(path)
+    n = int(seconds * utils.SAMPLE_RATE)
+    name = os.path.join(folder, f"{os.path.splitext(os.path.basename(path))[0]}_{seconds:g}s.wav")
+    utils.save_wav(name, np.tile(y, n // len(y) + 1)[:n])
+    return name
+
+
+def whole_clip_loss(content, style, spectrogram):
+    """The reference's objective over the whole clip (exact Grams, seed 0), of a saved
+    generated spectrogram: what segment-wise optimisation is judged by."""
+    content_spec = utils.log_spectrogram(utils.load_audio(content))
+    t = train.Transfer([content_spec], utils.log_spectrogram(utils.load_audio(style)),
+                       device=torch.device("cpu"))
+    with torch.no_grad():
+        t.spec.copy_(torch.as_tensor(np.load(spectrogram))[None])
+        c, s = t.losses()
+    return c.item(), s.item()
+
+
+def train_run(label, content, style, extra=(), judge=False):
+    """One whole `train.py` run; prints its wall time, peak RSS and how it stopped, and
+    with `judge` the whole-clip loss (and evaluate.py's measures, where installed)."""
+    out = tempfile.mkdtemp(prefix="bench-")
+    seconds, rss, status, err = child_run(
+        [sys.executable, os.path.join(HERE, "train.py"), "-content", content, "-style", style,
+         "-output", out, "-save_spectrogram", "-device", "cpu", *extra])
+    lines = [l.strip() for l in err.replace("\r", "\n").splitlines()
+             if l.strip() and not l.startswith("transfer")]
+    if status:
+        print(f"  {label:34} exit {status}: {lines[-1] if lines else ''}")
+        return None
+    steps = next((l for l in lines if " iterations in " in l), "")
+    print(f"  {label:34} {seconds:7.1f} s  peak RSS {rss / 1024:5.2f} GB   {steps}")
+    name = os.path.splitext(os.path.basename(content))[0] + "_as_" + \
+        os.path.splitext(os.path.basename(style))[0]
+    result = {"seconds": seconds, "rss": rss, "wav": os.path.join(out, name + ".wav")}
+    if judge:
+        c, s = whole_clip_loss(content, style, os.path.join(out, name + "_spectrogram.npy"))
+        result["loss"] = c + s
+        measures = ""
+        try:
+            import evaluate
+            m = evaluate.evaluate(content, style, [result["wav"]])[0]
+            measures = f", margin {m['margin']:+.3f}, STOI {m['stoi']:.3f}"
+        except Exception as e:  # evaluate.py's packages are optional here
+            measures = f" ({type(e).__name__}: no evaluate.py measures)"
+        print(f"  {'':34} whole-clip loss: content {c:.4f} style {s:.4f} total {c + s:.4f}"
+              f"{measures}")
+    return result
+
+
+TODAY = ("-exact", "-tol", "0")  # the whole-clip objective and full budget of before
+
+
+def side_by_side(title, content, style, judge=False):
+    print(f"\n{title}: {os.path.basename(content)} -> {os.path.basename(style)}, "
+          f"{len(utils.load_audio(content)) / utils.SAMPLE_RATE:.1f} s / "
+          f"{len(utils.load_audio(style)) / utils.SAMPLE_RATE:.1f} s")
+    ours = train_run("default", content, style, judge=judge)
+    today = train_run("-exact -tol 0 (the code path before)", content, style, TODAY, judge)
+    if ours and today:
+        line = f"  speed-up {today['seconds'] / ours['seconds']:.1f}x"
+        if judge:
+            line += (f"; whole-clip loss {100 * (ours['loss'] / today['loss'] - 1):+.2f}% "
+                     f"against the whole-clip optimisation")
+        print(line)
+
+
+def per_evaluation(content_spec, style_spec, args, evaluations=4):
+    """Seconds per loss evaluation of the whole clip (every segment once), after the
+    style's statistics are made."""
+    train.settle_defaults(args)
+    args.epochs, args.tol = evaluations, 0
+    start = time.perf_counter()
+    train.run_random_cnn(args, [content_spec], style_spec, torch.device("cpu"), 0, False)
+    return (time.perf_counter() - start) / evaluations
+
+
+def growth(content, style, lengths=(2, 4, 8, 16, 32)):
+    print(f"\ngrowth: time per evaluation, {os.path.basename(content)} looped to each "
+          f"length -> {os.path.basename(style)}")
+    style_spec = utils.log_spectrogram(utils.load_audio(style))
+    y = utils.load_audio(content)
+    previous = None
+    print(f"  {'content':>8} {'frames':>7} {'default':>10} {'ratio':>6} {'-exact':>10}")
+    for seconds in lengths:
+        n = int(seconds * utils.SAMPLE_RATE)
+        spec = utils.log_spectrogram(np.tile(y, n // len(y) + 1)[:n])
+        parser = train.build_parser()
+        ours = per_evaluation(spec, style_spec, parser.parse_args([]))
+        exact = per_evaluation(spec, style_spec, parser.parse_args(["-exact"]))
+        ratio = f"{ours / previous:.2f}x" if previous else ""
+        print(f"  {seconds:7.0f}s {spec.shape[1]:7d} {1000 * ours:8.0f}ms {ratio:>6} "
+              f"{1000 * exact:8.0f}ms")
+        previous = ours
+
+
+def real_lengths(which, folder, reference_audio):
+    audio = lambda name: os.path.join(reference_audio, name)
+    if "short" in which:
+        side_by_side("short pair", audio("boy18.wav"), audio("girl52.wav"), judge=True)
+        side_by_side("short pair", audio("boy.wav"), audio("girl.wav"), judge=True)
+    if "sentence" in which:
+        twice = os.path.join(folder, "boy_twice.wav")
+        y = utils.load_audio(audio("boy.wav"))
+        utils.save_wav(twice, np.concatenate([y, y]))
+        side_by_side("7-second sentence", twice, audio("girl.wav"), judge=True)
+    if "music" in which:
+        side_by_side("10-second music", audio("stairway.wav"), audio("nightcall.wav"))
+    if "growth" in which:
+        growth(audio("boy.wav"), audio("girl.wav"))
+    if "loop" in which:
+        content = looped(audio("stairway.wav"), 180, folder)
+        style = looped(audio("nightcall.wav"), 180, folder)
+        print("\n3-minute music, both clips looped")
+        train_run("default", content, style)
+        train_run("-exact -tol 0 -epochs 1 (one evaluation)", content, style,
+                  TODAY + ("-epochs", "1"))
+    if "huge" in which:
+        content = looped(audio("stairway.wav"), 600, folder)
+        style = looped(audio("nightcall.wav"), 1800, folder)
+        print("\n10-minute content against a 30-minute style")
+        train_run("default", content, style)
+        train_run("-exact -tol 0", content, style, TODAY)
+
+
 # ------------------------------------------------------------------------------ main
 
 def main():
@@ -254,8 +396,19 @@ def main():
     p.add_argument("-target", type=float, default=None, help="the loss to reach")
     p.add_argument("-budget", type=float, default=None,
                    help="seconds per setting with -target (default: 600)")
+    p.add_argument("-lengths", default="",
+                   help="comma-separated: short, sentence, music, growth, loop, huge: whole "
+                        "train.py runs at real lengths, default against -exact (the whole-"
+                        "clip path of before), on the CPU; skips the other sections")
+    p.add_argument("-reference_audio", default=os.path.join(HERE, "..", "shared",
+                                                            "reference-audio"))
     p.add_argument("-output", default="output")
     args = p.parse_args()
+    if args.lengths:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+        with tempfile.TemporaryDirectory() as folder:
+            real_lengths(args.lengths.split(","), folder, args.reference_audio)
+        return
 
     content_spec = utils.log_spectrogram(utils.load_audio(args.content))
     style_spec = utils.log_spectrogram(utils.load_audio(args.style))

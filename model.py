@@ -99,31 +99,142 @@ def cheaper_style_form(gen_frames, style_frames, rows):
 
 
 class _TimeFormStyle(torch.autograd.Function):
-    """sum over the batch of ||A^T A||^2 - 2 ||S^T A||^2, with the gradient written out.
+    """sum over the batch of ||A^T A||^2 - 2 sum_j s_j ||S_j^T A||^2, with the gradient
+    written out; S_j are the columns of S, s_j = +1 (or `signs`, for a target Gram that is
+    a difference, S diag(s) S^T).
 
     For A (B, N, Tg) and the style S (N, Ts): [A S]^T A stacks P = A^T A over Q = S^T A,
-    one matrix product; the gradient 4 A P - 4 S Q = 4 [A S] [P; -Q] is one more. Autograd
-    would spend three products on the same, as it cannot see that P is symmetric.
+    one matrix product; the gradient 4 A P - 4 S diag(s) Q = 4 [A S] [P; -diag(s) Q] is
+    one more. Autograd would spend three products on the same, as it cannot see that P
+    is symmetric.
     """
 
     @staticmethod
-    def forward(ctx, A, S):
+    def forward(ctx, A, S, signs=None):
         AS = torch.cat([A, S.expand(A.shape[0], -1, -1)], dim=2)  # (B, N, Tg + Ts)
         PQ = AS.transpose(1, 2) @ A  # (B, Tg + Ts, Tg)
         Tg = A.shape[2]
         P, Q = PQ[:, :Tg], PQ[:, Tg:]
         ctx.save_for_backward(AS, PQ)
-        ctx.Tg = Tg
+        ctx.Tg, ctx.signs = Tg, signs
         # Summed in float64: the loss is a small difference of these large sums.
-        return (P.double().pow(2).sum(dim=(1, 2)) - 2 * Q.double().pow(2).sum(dim=(1, 2)))
+        Q2 = Q.double().pow(2).sum(dim=2)  # (B, Ts)
+        Q2 = Q2.sum(dim=1) if signs is None else (Q2 * signs.double()).sum(dim=1)
+        return P.double().pow(2).sum(dim=(1, 2)) - 2 * Q2
 
     @staticmethod
     def backward(ctx, grad_out):
         AS, PQ = ctx.saved_tensors
         PQ = PQ.clone()
-        PQ[:, ctx.Tg:].neg_()
+        if ctx.signs is None:
+            PQ[:, ctx.Tg:].neg_()
+        else:
+            PQ[:, ctx.Tg:] *= -ctx.signs.to(PQ.dtype).view(1, -1, 1)
         grad_A = (4 * grad_out).to(AS.dtype).view(-1, 1, 1) * (AS @ PQ)
-        return grad_A, None
+        return grad_A, None, None
+
+
+class StyleGram:
+    """The style clip's Gram over time, G = S S^T (N x N, N = C*H, S its (N, Ts) features),
+    held in the smallest form the style loss can use.
+
+    factor: (N, r) with factor @ factor.T = G: S itself (exact, r = Ts), or G's best
+            rank-r approximation from its eigen-decomposition (`rank`), which is what
+            keeps the cost of a long style fixed; None when only the Gram is kept.
+    gram:   (N, N) G itself, for `exact` long styles (no factor of bounded size is exact).
+    squared_norm: ||G||_F^2 in float64 (the loss's constant term), exact where it can be
+            had in the same pass (a style held whole, or the Gram), else ||factor^T factor||^2.
+    signs:  None, or (r,) of +-1 for a target that is no Gram but a difference of them,
+            factor diag(signs) factor^T (see corrected()).
+    frames: Ts; C, H: the feature map's channels and bins.
+    """
+
+    def __init__(self, C, H, frames, squared_norm, factor=None, gram=None, signs=None):
+        self.C, self.H, self.frames = C, H, frames
+        self.squared_norm, self.factor, self.gram, self.signs = squared_norm, factor, gram, signs
+
+    @property
+    def rank(self):
+        return self.factor.shape[1] if self.factor is not None else self.C * self.H
+
+    @classmethod
+    def from_features(cls, features, rank=None):
+        """features (1, C, H, Ts), all frames at once. rank None (or >= Ts): exact, the
+        factor is S; else the top `rank` eigen-directions of G, found from S^T S (Ts x Ts)."""
+        _, C, H, Ts = features.shape
+        S = features.flatten(1, 2)[0]
+        K = S.double().T @ S.double()  # ||S S^T||^2 = ||S^T S||^2: float64, as the loss
+        squared_norm = K.pow(2).sum()
+        if rank is None or Ts <= rank:
+            return cls(C, H, Ts, squared_norm, factor=S)
+        eigenvalues, vectors = torch.linalg.eigh(K)  # ascending
+        top = vectors[:, -rank:].to(S.dtype)
+        return cls(C, H, Ts, squared_norm, factor=S @ top)  # (S V)(S V)^T = S V V^T S^T
+
+    @classmethod
+    def from_blocks(cls, blocks, rank=None):
+        """blocks: an iterable of feature maps (1, C, H, b), the style's frames in order,
+        so that no more than one block's features exist at a time.
+
+        rank None: the exact Gram, summed block by block (N x N: 266 MB at N = 8160).
+        rank r: a running factor: each block is appended to the factor kept so far and the
+        pair is cut back to its top eigen-directions (kept at twice the asked rank, and at
+        least 256, so that what is dropped along the way is far below what the final cut
+        drops); exact while the style has no more frames than that.
+        """
+        factor, gram, frames = None, None, 0
+        for block in blocks:
+            _, C, H, b = block.shape
+            B = block.flatten(1, 2)[0]
+            frames += b
+            if rank is None:
+                part = B @ B.T
+                gram = part if gram is None else gram.add_(part)
+                continue
+            keep = max(2 * rank, 256)
+            for part in B.split(keep, dim=1):  # merged `keep` frames at a time: cheapest
+                factor = part if factor is None else _top_directions(
+                    torch.cat([factor, part], dim=1), keep)
+        if rank is None:
+            return cls(C, H, frames, gram.double().pow(2).sum(), gram=gram)
+        K = factor.double().T @ factor.double()
+        if factor.shape[1] > rank:
+            factor = _top_directions(factor, rank)
+            K = factor.double().T @ factor.double()
+        return cls(C, H, frames, K.pow(2).sum(), factor=factor)
+
+    def corrected(self, own, whole):
+        """The target a segment is refined toward: this Gram plus the segment's own Gram
+        `own` (N, L) minus `whole`, the whole clip's StyleGram, as a signed factor
+        [S, own, whole] diag(+, +, -). At the segment's present state its residual is
+        then the whole clip's, so each segment answers for the clip (see train.py)."""
+        M = torch.cat([self.factor, own, whole.factor], dim=1)
+        signs = torch.cat([torch.ones(self.rank + own.shape[1]), -torch.ones(whole.rank)])
+        signs = signs.to(M.device)
+        K = M.double().T @ M.double()  # ||M s M^T||^2 = sum_ij s_i s_j (M^T M)_ij^2
+        squared_norm = (K.pow(2) * signs.double()[:, None] * signs.double()[None]).sum()
+        return StyleGram(self.C, self.H, self.frames, squared_norm, factor=M, signs=signs)
+
+    def scaled(self, scale):
+        """The Gram times `scale` (a factor times sqrt(scale))."""
+        factor = None if self.factor is None else self.factor * scale ** 0.5
+        gram = None if self.gram is None else self.gram * scale
+        return StyleGram(self.C, self.H, self.frames, self.squared_norm * scale ** 2,
+                         factor, gram, self.signs)
+
+    def to(self, device):
+        move = lambda x: None if x is None else x.to(device)
+        return StyleGram(self.C, self.H, self.frames, self.squared_norm.to(device),
+                         move(self.factor), move(self.gram), move(self.signs))
+
+
+def _top_directions(Z, keep):
+    """(N, k) -> (N, min(k, keep)) Y with Y Y^T the best rank-`keep` approximation of
+    Z Z^T: Y = Z V, V the top eigenvectors of Z^T Z (k x k, cheap when k << N)."""
+    if Z.shape[1] <= keep:
+        return Z
+    _, vectors = torch.linalg.eigh((Z.T @ Z).double())
+    return Z @ vectors[:, -keep:].to(Z.dtype)
 
 
 class StyleLoss(nn.Module):
@@ -131,36 +242,61 @@ class StyleLoss(nn.Module):
 
     Equal to style_loss_textbook (tests check values and gradients), in whichever exact
     form is cheaper for the clip lengths at hand; `form` forces one ("time" or "gram").
-    `normalize` divides each Gram by its clip's frame count (an option; the reference
-    does not, so its style loss cannot reach zero when the lengths differ).
+    `style` is the style's feature map (1, C, H, Ts), or a StyleGram (a long style, or a
+    factor of bounded rank). `normalize` divides each Gram by its clip's frame count (an
+    option; the reference does not, so its style loss cannot reach zero when the lengths
+    differ).
     """
 
-    def __init__(self, style_features, gen_frames, form="auto", normalize=False):
+    def __init__(self, style, gen_frames, form="auto", normalize=False):
         super().__init__()
-        _, C, H, Ts = style_features.shape
-        S = style_features.flatten(1, 2)[0]  # (N, Ts)
-        self.form = cheaper_style_form(gen_frames, Ts, C * H) if form == "auto" else form
+        if torch.is_tensor(style):
+            style = StyleGram.from_features(style)
+        if normalize:
+            style = style.scaled(1.0 / style.frames)
         self.normalize = normalize
-        self.style_scale = 1.0 / Ts if normalize else 1.0
-        if self.form == "time":
-            # ||S S^T||^2 = ||S^T S||^2, constant: computed once, in float64 because the
-            # loss is a difference of large numbers.
-            const = (S.double().T @ S.double()).pow(2).sum() * self.style_scale ** 2
-            self.register_buffer("S", S)
-            self.register_buffer("const", const)
+        rows = style.C * style.H
+        if form == "auto":
+            form = cheaper_style_form(gen_frames, style.rank, rows)
+        if style.factor is None:
+            form = "gram"  # an exact long style is kept only as its Gram
+        self.form = form
+        self.register_buffer("const", style.squared_norm)
+        self.register_buffer("signs", style.signs)
+        if form == "time":
+            self.register_buffer("S", style.factor)
+        elif style.gram is not None:
+            self.register_buffer("gram", style.gram)
         else:
-            self.register_buffer("gram", (S @ S.T) * self.style_scale)
+            signed = style.factor if style.signs is None else style.factor * style.signs
+            self.register_buffer("gram", signed @ style.factor.T)
 
-    def forward(self, gen_features, frames=None):
+    def forward(self, gen_features, frames=None, whole=None, share=None):
+        """(B, C, H, T) -> (B,) losses. `frames` (B,): each clip's true frame count in a
+        zero-padded batch.
+
+        Segments of longer clips: `whole` (B,) is the frame count of the clip each is cut
+        from, and `share` (B,) the part of the style's Gram it is to carry (by default
+        frames / whole). A segment's Gram divided by its share is set against the style's
+        Gram, with the whole clip's normalisation: it is scored as the whole clip would
+        be if every segment were like it, and its content and style keep the balance they
+        have in the whole clip. With share = frames / whole: the reference's loss of a
+        clip of `whole` frames made of copies of the segment.
+        """
         _, C, H, _ = gen_features.shape
         frames = _frame_counts(gen_features, frames)
         A = gen_features.flatten(1, 2)  # (B, N, Tg)
+        W, weight = frames, None
+        if whole is not None:
+            share = frames / whole if share is None else share
+            A = A / share.sqrt().view(-1, 1, 1)
+            W, weight = whole, share * whole / frames
         if self.normalize:
-            A = A / frames.sqrt().view(-1, 1, 1)
+            A = A / W.sqrt().view(-1, 1, 1)
         if self.form == "time":
-            S = self.S * self.style_scale ** 0.5
-            squared = _TimeFormStyle.apply(A, S) + self.const  # float64, as content_loss
+            squared = _TimeFormStyle.apply(A, self.S, self.signs) + self.const  # float64
         else:
             diff = A @ A.transpose(1, 2) - self.gram
             squared = diff.pow(2).sum(dim=(1, 2), dtype=torch.float64)
-        return squared / (4 * C * C * H * frames)
+        loss = squared / (4 * C * C * H * W)
+        return loss if weight is None else loss * weight

@@ -96,15 +96,16 @@ def final_losses(runs, index):
     """One dict per random CNN that ran: its seed, iterations done and the weighted content
     and style losses of clip `index` at its last recorded step.
 
-    runs: list of (seed, history) as train.transfer returns them; history a list of
-    (step, content (B,), style (B,)) whose last entry is the last step done.
+    runs: list of (seed, curves) as train.transfer returns them; curves[index] the clip's
+    loss curve, [(step, content, style)], whose last entry is its last step (for a clip
+    optimised in segments: the longest-running segment's, the losses weighted over them).
     """
     out = []
-    for seed, history in runs:
-        last = history[-1] if history else None
+    for seed, curves in runs:
+        last = curves[index][-1] if curves[index] else None
         out.append({"seed": int(seed), "iterations": int(last[0]) if last else 0,
-                    "content_loss": float(last[1][index]) if last else None,
-                    "style_loss": float(last[2][index]) if last else None})
+                    "content_loss": float(last[1]) if last else None,
+                    "style_loss": float(last[2]) if last else None})
     return out
 
 

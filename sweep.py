@@ -164,10 +164,10 @@ def point_name(c_name, s_name, weight, seed, several_seeds):
 def final_losses(runs):
     """The last recorded content and style loss of the first random CNN's run, or None
     for both when it recorded none (-epochs 0)."""
-    history = runs[0][1]
+    history = runs[0][1][0] if runs else []
     if not history:
         return None, None
-    return float(history[-1][1][0]), float(history[-1][2][0])
+    return float(history[-1][1]), float(history[-1][2])
 
 
 def sweep_point(args, content, style, device, encoder, stem, name):

@@ -30,10 +30,14 @@ from tqdm import tqdm
 import report
 import utils
 import vocoder
-from model import RandomCNN, StyleLoss, content_loss
+from model import RandomCNN, StyleGram, StyleLoss, content_loss
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
+STYLE_BLOCK = 4096  # frames of style features computed at once: 134 MB at 8160 rows
+STYLE_RANK = 256  # columns of the style Gram's factor by default
+ADAM_BATCH_BYTES = 2 ** 30  # Adam's segments optimised together: their features within this
+BASE_BYTES = 700 * 2 ** 20  # the interpreter with torch, librosa and matplotlib loaded
 
 
 class UsageError(Exception):
@@ -80,6 +84,10 @@ def ratio(text):
     return text if text == "auto" else number(float, 0, low_ok=False)(text)
 
 
+def rank(text):
+    return text if text == "full" else number(int, 1)(text)
+
+
 def vocoder_name(text):
     """-vocoder's value; hifigan is refused here, before any work, when its weights are
     not installed."""
@@ -101,14 +109,19 @@ PRESETS = {
                       content_weight=100.0, style_weight=1.0, kernel="3x1", channels=32,
                       pitch_ratio=1.0, formant_ratio=1.0, ensemble=1, follow_loudness=0.0,
                       phase="random", griffin_lim_iters=50, griffin_lim_momentum=0.0,
-                      vocoder="griffin_lim"),
+                      vocoder="griffin_lim", exact=True, tol=0.0),
 }
 
 
 def preset_flags(name):
-    """The preset as command-line flags, e.g. ['-optimizer', 'adam', '-epochs', '20000']."""
-    return [text for key, value in PRESETS[name].items()
-            for text in (f"-{key}", f"{value:g}" if isinstance(value, float) else f"{value}")]
+    """The preset as command-line flags, e.g. ['-optimizer', 'adam', '-epochs', '20000'];
+    a switch that is on is its flag alone."""
+    flags = []
+    for key, value in PRESETS[name].items():
+        flags.append(f"-{key}")
+        if value is not True:
+            flags.append(f"{value:g}" if isinstance(value, float) else f"{value}")
+    return flags
 
 
 class PresetParser(OneLineParser):
@@ -153,11 +166,13 @@ def build_parser():
                    help="start from N(0,1)*1e-3 noise (the reference) or from the content")
     p.add_argument("-tol", type=number(float, 0), default=None,
                    help="stop when the total loss falls by less than this fraction "
-                        "over -tol_window iterations")
-    p.add_argument("-tol_window", type=number(int, 1), default=200)
+                        "over -tol_window iterations; 0 runs all -epochs (default: 0.002 "
+                        "for lbfgs, where the loss is flat long before its budget; 0 for "
+                        "adam, as the reference)")
+    p.add_argument("-tol_window", type=number(int, 1), default=30)
     p.add_argument("-print_interval", type=number(int, 1), default=None,
-                   help="print the losses every this many iterations (default: a tenth of "
-                        "the run)")
+                   help="print the losses every this many iterations of a clip optimised "
+                        "whole (default: a tenth of the run); segments show on the bar only")
     p.add_argument("-plot_interval", type=number(int, 1), default=None,
                    help="record a point of the loss curve every this many iterations "
                         "(default: 200 points in all)")
@@ -203,6 +218,25 @@ def build_parser():
                    help="run the transfer with this many random CNNs (seeds -seed, -seed+1, "
                         "...) and average their magnitude spectrograms before Griffin-Lim: "
                         "steadier results, at this many times the cost")
+    p.add_argument("-exact", action="store_true",
+                   help="optimise each clip whole against the exact style Gram, as the "
+                        "reference: cost and memory grow with the square of the length")
+    p.add_argument("-segment", type=number(float, 0, low_ok=False), default=3.0,
+                   help="seconds per segment: longer clips are optimised in overlapping "
+                        "segments, cross-faded where they meet")
+    p.add_argument("-overlap", type=number(float, 0), default=0.25,
+                   help="seconds by which segments overlap (at most half a segment)")
+    p.add_argument("-style_rank", type=rank, default=STYLE_RANK,
+                   help="columns of the factor of the style's Gram the loss uses: the exact "
+                        "style when it has no more frames than this, else the Gram's best "
+                        "approximation of this rank; 'full': exact at any length")
+    p.add_argument("-passes", type=number(int, 1), default=2,
+                   help="rounds over a clip's segments: the first gives each its share of "
+                        "the style; each later one sets every segment against the residual "
+                        "of the whole clip as stitched, toward the whole clip's optimum")
+    p.add_argument("-max_memory", type=number(float, 0, low_ok=False), default=None,
+                   help="GB a run may use: one that would need more is refused before it "
+                        "starts (default: the memory the system has available)")
     p.add_argument("-save_spectrogram", action="store_true",
                    help="also save the log spectrogram Griffin-Lim inverts (the optimised "
                         "one, after -ensemble and -follow_loudness) as <name>_spectrogram.npy")
@@ -301,47 +335,99 @@ def log(message):
     tqdm.write(message, file=sys.stderr)
 
 
+def networks(seed, kernel=(3, 1), style_kernel=None, channels=32, device="cpu"):
+    """The random CNN of `seed`, and the one the style loss looks through: the same one
+    (the reference) unless `style_kernel` asks for a second, of its own kernel."""
+    net = RandomCNN(seed, channels=channels, kernel=kernel).to(device)
+    # A style network wider in time sees how the spectrum moves from frame to frame as
+    # well as its shape, while the content stays pinned frame by frame.
+    if style_kernel is None or tuple(style_kernel) == tuple(kernel):
+        return net, net
+    return net, RandomCNN(seed, channels=channels, kernel=style_kernel).to(device)
+
+
+
+
+def features_in_blocks(spec, net, block=STYLE_BLOCK):
+    """The features (1, C, H, b) of a log spectrogram (F, T) through `net`, `block` frames
+    at a time, each block computed with the frames its kernel reads beyond it, so that
+    the blocks are the whole clip's features, which never exist all at once."""
+    spec = torch.as_tensor(spec)
+    reach = net.conv.kernel_size[1] // 2  # frames the kernel reads on each side
+    device = net.conv.weight.device
+    with torch.no_grad():
+        for start in range(0, spec.shape[1], block):
+            stop = min(start + block, spec.shape[1])
+            lo, hi = max(start - reach, 0), min(stop + reach, spec.shape[1])
+            features = net(spec[:, lo:hi].to(device)[None])
+            yield features[..., start - lo:features.shape[-1] - (hi - stop)]
+
+
+def style_statistics(style_spec, style_net, rank=None, device="cpu", block=STYLE_BLOCK):
+    """The StyleGram of a style log spectrogram (F, Ts) through `style_net`: from its
+    features whole when it has at most `block` frames, else block by block. rank None:
+    exact; else a factor of at most `rank` columns."""
+    if style_spec.shape[1] <= block:
+        with torch.no_grad():
+            features = style_net(torch.as_tensor(style_spec).to(device)[None])
+        return StyleGram.from_features(features, rank)
+    return StyleGram.from_blocks(features_in_blocks(style_spec, style_net, block), rank)
+
+
 class Transfer:
-    """A batch of generated log spectrograms, one per content clip, against one style clip.
+    """A batch of generated log spectrograms, one per content clip or segment, against one
+    style clip, optimised as one problem.
 
     Clips of different lengths are zero-padded to the longest; the padding is masked out
-    of the features, so each clip's losses, gradients and Adam steps are exactly those
-    of a run on that clip alone.
+    of the features, so each clip's losses and gradients, and its Adam steps, are exactly
+    those of a run on that clip alone. (L-BFGS shares one line search and one history
+    over the batch: train.py gives it one clip or segment at a time.)
+
+    `style`: the style's log spectrogram (F, Ts), or its StyleGram made by
+    style_statistics() through `nets`' style network. `whole_frames` (B,): for segments,
+    the frame count of the clip each is cut from, and `shares` (B,) the part of the
+    style's Gram each is to carry (see StyleLoss). `initial`: the starting spectrograms
+    (F, T_b), instead of drawing them as `init` says.
     """
 
-    def __init__(self, content_specs, style_spec, *, device, seed=0, kernel=(3, 1), channels=32,
+    def __init__(self, content_specs, style, *, device, seed=0, kernel=(3, 1), channels=32,
                  content_weight=100.0, style_weight=1.0, learning_rate=None, optimizer="adam",
-                 init="noise", style_form="auto", normalize_gram=False, style_kernel=None):
+                 init="noise", style_form="auto", normalize_gram=False, style_kernel=None,
+                 nets=None, whole_frames=None, shares=None, initial=None):
         self.device = device
         self.frames = [spec.shape[1] for spec in content_specs]
         bins, longest = content_specs[0].shape[0], max(self.frames)
-        self.net = RandomCNN(seed, channels=channels, kernel=kernel).to(device)
-        # The reference measures content and style through one network. A style network
-        # of its own, with a kernel wider in time, sees how the spectrum moves from frame
-        # to frame as well as its shape, while the content stays pinned frame by frame.
-        self.style_net = self.net
-        if style_kernel is not None and tuple(style_kernel) != tuple(kernel):
-            self.style_net = RandomCNN(seed, channels=channels, kernel=style_kernel).to(device)
+        self.net, self.style_net = nets or networks(seed, kernel, style_kernel, channels,
+                                                    device)
         self.content_weight, self.style_weight = content_weight, style_weight
 
         frames = torch.tensor(self.frames, device=device)
         self.mask = (torch.arange(longest, device=device) < frames[:, None]).float()[:, None]
         self.padded = len(set(self.frames)) > 1
         self.frame_counts = frames.float() if self.padded else None
+        self.whole = self.shares = None
+        if whole_frames is not None and list(whole_frames) != self.frames:
+            self.whole = torch.tensor(whole_frames, device=device, dtype=torch.float32)
+            self.frame_counts = frames.float()
+            if shares is not None:
+                self.shares = torch.tensor(shares, device=device, dtype=torch.float32)
 
         def padded(spec):
             return torch.nn.functional.pad(torch.as_tensor(spec), (0, longest - spec.shape[1]))
 
         content = torch.stack([padded(s) for s in content_specs]).to(device)
-        if init == "content":
+        if initial is not None:
+            start = torch.stack([padded(s) for s in initial])
+        elif init == "content":
             start = content.clone()
         else:  # the reference's start: N(0, 1) * 1e-3
             start = torch.stack([padded(self.net.initial_noise((bins, n))) for n in self.frames])
         self.spec = torch.nn.Parameter(start.to(device))
         with torch.no_grad():
             self.content_features = self.features(content)
-            style_features = self.style_net(torch.as_tensor(style_spec, device=device)[None])
-        self.style_loss = StyleLoss(style_features, longest, form=style_form,
+        if not isinstance(style, StyleGram):
+            style = style_statistics(style, self.style_net, device=device)
+        self.style_loss = StyleLoss(style, longest, form=style_form,
                                     normalize=normalize_gram).to(device)
 
         self.optimizer_name = optimizer
@@ -365,7 +451,7 @@ class Transfer:
         content = content_loss(features, self.content_features, self.frame_counts)
         if self.style_net is not self.net:
             features = self.features(self.spec, self.style_net)
-        style = self.style_loss(features, self.frame_counts)
+        style = self.style_loss(features, self.frame_counts, self.whole, self.shares)
         return self.content_weight * content, self.style_weight * style
 
     def step(self):
@@ -481,18 +567,22 @@ def root_cause(error):
 
 class Monitor:
     """Watches the losses as they come: progress bar, printed lines, the points of the
-    loss curve, and the stopping rule (-tol over -tol_window iterations)."""
+    loss curve, and the stopping rule (-tol over -tol_window iterations).
+
+    `bar`: a progress bar shared by several runs (segments), this one's iterations
+    counted from `offset`; by default a bar of its own.
+    """
 
     def __init__(self, total, print_interval=1000, plot_interval=100, tol=None, window=200,
-                 on_gpu=False, progress=True):
+                 on_gpu=False, progress=True, bar=None, offset=0):
         self.total, self.print_interval, self.plot_interval = total, print_interval, plot_interval
         self.tol, self.window = tol, window
         self.on_gpu = on_gpu
         self.refresh = 100 if on_gpu else 10  # reading a loss makes the GPU wait: seldom
         self.history, self.done, self.last = [], 0, None
         self.recent = collections.deque()  # (iteration, total loss) where it was read
-        self.bar = tqdm(total=total, disable=not progress, unit="it", dynamic_ncols=True,
-                        desc="transfer", file=sys.stderr)
+        self.own_bar, self.offset = bar is None, offset
+        self.bar = bar if bar is not None else progress_bar(total, progress)
 
     def __call__(self, i, content, style):
         self.done, self.last = i, (content, style)
@@ -512,10 +602,10 @@ class Monitor:
             return
         self.bar.set_postfix(content=f"{c:.4g}", style=f"{s:.4g}", total=f"{c + s:.4g}",
                              refresh=False)
-        self.bar.update(i - self.bar.n)
+        self.bar.update(self.offset + i - self.bar.n)
         if i % self.print_interval == 0:
             log(f"step {i}: content {c:.4f}  style {s:.4f}  total {c + s:.4f}")
-        if self.tol is None:
+        if not self.tol:
             return
         self.recent.append((i, c + s))
         while len(self.recent) > 1 and self.recent[1][0] <= i - self.window:
@@ -532,18 +622,26 @@ class Monitor:
 
     def close(self):
         self.record()
-        self.bar.close()
+        if self.own_bar:
+            self.bar.close()
+
+
+def progress_bar(total, progress=True):
+    return tqdm(total=total, disable=not progress, unit="it", dynamic_ncols=True,
+                desc="transfer", file=sys.stderr)
 
 
 def optimise(transfer, epochs, print_interval=1000, plot_interval=100, tol=None, window=200,
-             progress=True):
+             progress=True, bar=None, offset=0, quiet=False):
     """Run up to `epochs` iterations; Ctrl-C or the stopping rule ends it early.
 
     Returns (history, iterations done, seconds, why it stopped). history: list of
     (step, content (B,), style (B,)) at step 1, every plot_interval and the last step.
+    `quiet`: leave the closing line to the caller.
     """
     on_gpu = transfer.device.type == "cuda"
-    monitor = Monitor(epochs, print_interval, plot_interval, tol, window, on_gpu, progress)
+    monitor = Monitor(epochs, print_interval, plot_interval, tol, window, on_gpu, progress,
+                      bar, offset)
     start = time.perf_counter()
     try:
         gave_up = transfer.run(epochs, monitor)
@@ -556,8 +654,42 @@ def optimise(transfer, epochs, print_interval=1000, plot_interval=100, tol=None,
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     monitor.close()
-    log(f"stopped at step {monitor.done}: {why}")
+    if not quiet:
+        log(f"stopped at step {monitor.done}: {why}")
     return monitor.history, monitor.done, seconds, why
+
+
+# ------------------------------------------------------------------------------ segments
+
+def stitch(pieces, bounds):
+    """One log spectrogram from its segments' (F, length): magnitudes cross-faded where
+    segments overlap, so that neither level nor spectrum jumps at a seam. The clip ends
+    where the last given segment ends."""
+    if len(pieces) == 1:
+        return pieces[0]
+    total = np.zeros((pieces[0].shape[0], bounds[-1][1]))
+    for piece, (start, stop), weight in zip(pieces, bounds, utils.crossfade_weights(bounds)):
+        total[:, start:stop] += utils.magnitude(piece) * weight
+    return np.log1p(total).astype(np.float32)
+
+
+def joined_history(histories, shares):
+    """One loss curve from its segments' curves: at each step, each segment's losses (held
+    at their last value once its run has ended), weighted by its share of the clip's
+    frames. For one segment, its own curve. histories: per segment, [(step, c, s)]."""
+    if len(histories) == 1:
+        return histories[0]
+    steps = sorted({h[0] for history in histories for h in history})
+    joined, at = [], [0] * len(histories)
+    for step in steps:
+        content = style = 0.0
+        for k, history in enumerate(histories):
+            while at[k] + 1 < len(history) and history[at[k] + 1][0] <= step:
+                at[k] += 1
+            content += shares[k] * float(history[at[k]][1])
+            style += shares[k] * float(history[at[k]][2])
+        joined.append((step, content, style))
+    return joined
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -567,6 +699,8 @@ def check_invertible(generated):
     last Adam step comes after the last loss was read, and can leave NaN, or values whose
     exp overflows, that no loss has shown: checked before anything is written."""
     for spec in generated:
+        if spec is None:  # a clip Ctrl-C stopped before it began
+            continue
         with np.errstate(over="ignore"):
             finite = np.all(np.isfinite(utils.magnitude(spec)))
         if not finite:
@@ -599,14 +733,19 @@ def write_outputs(out_dir, name, content_audio, content_spec, style_spec, genera
     """Everything one clip's run produces; each file appears whole or not at all, and is
     added to `written` as soon as it is there. Returns output_paths().
 
-    runs: (seed, history) per random CNN, as transfer() returns them; the loss picture
-    has the curves of each.
+    runs: (seed, curves) per random CNN, as transfer() returns them; the loss picture
+    has the curves of each. A `generated` shorter than the content (Ctrl-C inside a
+    long clip) gives audio as long as the frames it has.
     """
     paths = output_paths(out_dir, name, args)
     wav, spectrograms, loss = paths[:3]
     done = written if written is not None else []
-    phase = np.angle(utils.stft(content_audio)) if args.phase == "content" else None
-    audio = utils.griffin_lim(generated, len(content_audio), iters=args.griffin_lim_iters,
+    frames = generated.shape[1]
+    length = len(content_audio) if frames == content_spec.shape[1] else (frames - 1) * utils.HOP
+    phase = None
+    if args.phase == "content":  # made a chunk at a time, as Griffin-Lim asks for it
+        phase = lambda start, stop: np.angle(utils.stft_frames(content_audio, start, stop))
+    audio = utils.griffin_lim(generated, length, iters=args.griffin_lim_iters,
                               phase=phase, momentum=args.griffin_lim_momentum, seed=args.seed,
                               device=device)
     if not np.all(np.isfinite(audio)):  # float32 on the GPU overflows sooner than the check
@@ -625,10 +764,9 @@ def write_outputs(out_dir, name, content_audio, content_spec, style_spec, genera
                              ("generated", generated)], spectrograms)
     done.append(spectrograms)
     curves = {}
-    for seed, history in runs:
-        steps = [h[0] for h in history]
-        content = [float(h[1][index]) for h in history]
-        style = [float(h[2][index]) for h in history]
+    for seed, clip_curves in runs:
+        points = clip_curves[index]  # empty with -epochs 0
+        steps, content, style = (list(x) for x in zip(*points)) if points else ([], [], [])
         label = f" (seed {seed})" if len(runs) > 1 else ""
         curves.update({"content" + label: list(zip(steps, content)),
                        "style" + label: list(zip(steps, style)),
@@ -674,18 +812,187 @@ def input_spectrograms(args, contents, style):
     return content_specs, utils.log_spectrogram(style)
 
 
-def make_transfer(args, content_specs, style_spec, device, seed):
-    """The Transfer that `args` ask for, with the random CNN of `seed`."""
-    def size(text):
-        return tuple(int(k) for k in text.split("x"))
+def kernel_size(text):
+    """'3x5' -> (3, 5)."""
+    return tuple(int(k) for k in text.split("x"))
 
-    return Transfer(content_specs, style_spec, device=device, seed=seed, kernel=size(args.kernel),
-                    style_kernel=size(args.style_kernel) if args.style_kernel else None,
+
+def make_transfer(args, content_specs, style, device, seed, **more):
+    """The Transfer that `args` ask for, with the random CNN of `seed`; `more` passes
+    Transfer's segment options (nets, whole_frames, initial)."""
+    return Transfer(content_specs, style, device=device, seed=seed,
+                    kernel=kernel_size(args.kernel),
+                    style_kernel=kernel_size(args.style_kernel) if args.style_kernel else None,
                     channels=args.channels,
                     content_weight=args.content_weight, style_weight=args.style_weight,
                     learning_rate=args.learning_rate, optimizer=args.optimizer,
                     init=args.init, style_form=args.style_form,
-                    normalize_gram=args.normalize_gram)
+                    normalize_gram=args.normalize_gram, **more)
+
+
+def segment_plan(args, frames):
+    """Per clip of `frames` frames, the (start, stop) of its segments: the whole clip with
+    -exact, else -segment seconds each, overlapping by -overlap seconds."""
+    if args.exact:
+        return [[(0, n)] for n in frames]
+    length = max(2, round(args.segment * utils.SAMPLE_RATE / utils.HOP))
+    overlap = min(round(args.overlap * utils.SAMPLE_RATE / utils.HOP), length // 2)
+    return [utils.segment_bounds(n, length, overlap) for n in frames]
+
+
+
+def style_shares(content_specs, plans, style_net):
+    """{(clip, start, stop): the part of the style's Gram that segment is to carry}.
+
+    The style loss's gradient at a frame is proportional to the frame's own features, so
+    in a clip optimised whole, quiet frames take little of the style and loud ones much.
+    Each segment's share is therefore its content's feature energy (through the style
+    network) over the whole clip's, not its frame count: a pause of its own does not get
+    the style's full texture laid into it. Shares of overlapping segments add up to more
+    than 1, as their frames are counted in each.
+    """
+    shares = {}
+    for c, bounds in enumerate(plans):
+        if len(bounds) == 1:
+            continue
+        energy = frame_energy(content_specs[c], style_net)
+        total = energy.sum() + 1e-12
+        mode = os.environ.get("RCNN_SHARE", "energy")
+        for start, stop in bounds:
+            if mode == "frames":
+                shares[(c, start, stop)] = (stop - start) / len(energy)
+            else:
+                shares[(c, start, stop)] = float(energy[start:stop].sum() / total) + 1e-6
+    return shares
+
+
+def frame_energy(spec, net):
+    """(T,) squared norm of each frame's features through `net`."""
+    return torch.cat([features.double().pow(2).sum(dim=(0, 1, 2)).cpu()
+                      for features in features_in_blocks(spec, net)]).numpy()
+
+
+def work_groups(args, items):
+    """The order in which segments are optimised, as groups optimised as one batch.
+
+    L-BFGS: one segment at a time, since a batch would share its line search, history
+    and budget (each segment then ends where it would alone). Adam steps each entry on
+    its own gradient alone, so its segments go in batches as large as memory allows."""
+    if args.optimizer == "lbfgs":
+        return [[item] for item in items]
+    longest = max(stop - start for _, start, stop in items)
+    per_item = 4 * 12 * args.channels * (utils.N_FFT // 2 - 1) * longest  # ~12 float maps
+    size = max(1, ADAM_BATCH_BYTES // per_item)
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True):
+    """Every content clip optimised, segment by segment, through the random CNN of `seed`.
+
+    Returns (generated, curves, why): per clip its log spectrogram, the segments
+    stitched (None for a clip Ctrl-C stopped before it began; cut short at the last
+    segment reached for one it stopped inside), and its loss curve [(step, content,
+    style)], the segments' curves weighted by their shares; why says how it stopped.
+
+    A clip of several segments is optimised -passes times. The first pass gives each
+    segment its share of the style's Gram. Each later pass starts every segment where the
+    last one left it and sets it against the whole clip's residual: its own Gram, less the
+    stitched clip's, plus the style's (StyleGram.corrected), so that each segment pulls
+    toward the whole clip's optimum rather than toward its share alone.
+    """
+    nets = networks(seed, kernel_size(args.kernel),
+                    kernel_size(args.style_kernel) if args.style_kernel else None,
+                    args.channels, device)
+    rank = None if args.exact or args.style_rank == "full" else args.style_rank
+    gram = style_statistics(style_spec, nets[1], rank, device)
+    if args.init == "content":
+        starts = content_specs
+    else:  # the reference's noise, drawn for each whole clip as its own run would
+        starts = [nets[0].initial_noise(spec.shape).numpy() for spec in content_specs]
+    plans = segment_plan(args, [spec.shape[1] for spec in content_specs])
+    items = [(c, start, stop) for c, bounds in enumerate(plans) for start, stop in bounds]
+    shares = style_shares(content_specs, plans, nets[1])
+    refined = [item for item in items if len(plans[item[0]]) > 1]
+    passes = args.passes if refined and gram.factor is not None else 1
+    bar = progress_bar((len(items) + (passes - 1) * len(refined)) * args.epochs, progress)
+    # printed lines for a clip optimised whole; segments show on the progress bar only
+    print_every = args.print_interval if len(items) == 1 else args.epochs + 1
+    results, histories, stops, why = {}, {}, collections.Counter(), None
+    evaluations, begun, ran = 0, time.perf_counter(), 0
+
+    def optimise_group(group, style, initial):
+        nonlocal evaluations, why, ran
+        t = make_transfer(args, [content_specs[c][:, a:b] for c, a, b in group], style,
+                          device, seed, nets=nets,
+                          whole_frames=[content_specs[c].shape[1] for c, _, _ in group],
+                          shares=[shares.get(item, 1.0) for item in group], initial=initial)
+        if evaluations == 0:
+            log(f"{len(content_specs)} content clip(s) {[s.shape[1] for s in content_specs]}"
+                f" frames in {len(items)} segment(s), style {style_spec.shape[1]} frames "
+                f"(rank {gram.rank}), on {device}, style loss in {t.style_loss.form} form")
+        history, done, seconds, why = optimise(
+            t, args.epochs, print_every, args.plot_interval, args.tol, args.tol_window,
+            progress, bar, offset=ran * args.epochs, quiet=len(items) > 1)
+        evaluations, ran = evaluations + done, ran + len(group)
+        for j, item in enumerate(group):
+            results[item] = t.result()[j]
+            after = histories[item][-1][0] if item in histories else 0
+            histories.setdefault(item, []).extend(
+                (after + h[0], h[1][j], h[2][j]) for h in history)
+        stops[why.split(":")[0]] += len(group)
+        return not why.startswith("interrupted")
+
+    try:
+        for group in work_groups(args, items):
+            if not optimise_group(group, gram, [starts[c][:, a:b] for c, a, b in group]):
+                break
+        else:
+            for _ in range(passes - 1):
+                if not refine(args, content_specs, plans, results, shares, gram, nets[1],
+                              rank, device, optimise_group):
+                    break
+    except KeyboardInterrupt:  # while a segment was being set up
+        why = "interrupted (Ctrl-C): writing what the finished segments reached"
+    finally:  # an error too: a bar left open would offset every later one
+        bar.close()
+    if evaluations:
+        seconds = time.perf_counter() - begun
+        log(f"{evaluations} iterations in {seconds:.1f} s "
+            f"({1000 * seconds / evaluations:.2f} ms each)")
+    if len(items) > 1 and results:
+        log(f"{len(results)} of {len(items)} segments optimised"
+            + (f", {passes} passes" if passes > 1 else "") + ": "
+            + ", ".join(f"{n} {reason}" for reason, n in stops.items()))
+    generated, curves = [], []
+    for c, bounds in enumerate(plans):
+        reached = [bound for bound in bounds if (c, *bound) in results]
+        if not reached:
+            generated.append(None)
+            curves.append([])
+            continue
+        generated.append(stitch([results[(c, *bound)] for bound in reached], reached))
+        weights = [w.sum() / reached[-1][1] for w in utils.crossfade_weights(reached)]
+        curves.append(joined_history([histories[(c, *bound)] for bound in reached], weights))
+    return generated, curves, why or "nothing to optimise"
+
+
+def refine(args, content_specs, plans, results, shares, gram, style_net, rank, device,
+           optimise_group):
+    """One more pass over the clips of several segments, each segment against the
+    residual of its whole clip as stitched now. Returns False if Ctrl-C stopped it."""
+    for c, bounds in enumerate(plans):
+        if len(bounds) == 1:
+            continue
+        clip = stitch([results[(c, *bound)] for bound in bounds], bounds)
+        whole = style_statistics(clip, style_net, rank or 2 * STYLE_RANK, device)
+        for bound in bounds:
+            item = (c, *bound)
+            with torch.no_grad():
+                own = style_net(torch.as_tensor(results[item]).to(device)[None])
+            own = own.flatten(1, 2)[0] / shares[item] ** 0.5
+            if not optimise_group([item], gram.corrected(own, whole), [results[item]]):
+                return False
+    return True
 
 
 def average_magnitudes(log_specs):
@@ -706,57 +1013,114 @@ def transfer(args, contents, style, device, progress=True):
 
     Returns (content_specs, style_spec, generated, runs, why): generated holds one log
     spectrogram per content clip (the ensemble's average, then -follow_loudness: what
-    Griffin-Lim will invert); runs one (seed, history) per random CNN that ran; why says
-    how the last one stopped. Ctrl-C keeps the runs done; the interrupted one only when
-    no other finished.
+    Griffin-Lim will invert; None for a clip Ctrl-C stopped before it began, shorter
+    than the clip for one it stopped inside); runs one (seed, curves) per random CNN
+    that ran, curves holding each clip's [(step, content, style)]; why says how the last
+    one stopped. Ctrl-C keeps the random CNNs that finished; only when none did, what
+    the interrupted one reached.
     """
     content_specs, style_spec = input_spectrograms(args, contents, style)
     results, runs = [], []
-    try:
-        for seed in range(args.seed, args.seed + args.ensemble):
-            member = make_transfer(args, content_specs, style_spec, device, seed)
-            if seed == args.seed:
-                log(f"{len(contents)} content clip(s) {member.frames} frames, style "
-                    f"{style_spec.shape[1]} frames, on {device}, style loss in "
-                    f"{member.style_loss.form} form")
-            if args.ensemble > 1:
-                log(f"random CNN {seed - args.seed + 1} of {args.ensemble}: seed {seed}")
-            history, done, seconds, why = optimise(member, args.epochs, args.print_interval,
-                                                   args.plot_interval, args.tol,
-                                                   args.tol_window, progress)
-            if done:
-                log(f"{done} iterations in {seconds:.1f} s "
-                    f"({1000 * seconds / done:.2f} ms each)")
-            interrupted = why.startswith("interrupted")
-            if interrupted and results:  # half a run would weigh as much as a whole one
+    for seed in range(args.seed, args.seed + args.ensemble):
+        if args.ensemble > 1:
+            log(f"random CNN {seed - args.seed + 1} of {args.ensemble}: seed {seed}")
+        generated, curves, why = run_random_cnn(args, content_specs, style_spec, device,
+                                                seed, progress)
+        interrupted = why.startswith("interrupted")
+        if not interrupted or not results:
+            if any(g is not None for g in generated):
+                results.append(generated)
+                runs.append((seed, curves))
+        if interrupted:
+            if results and seed != args.seed:  # half a run would weigh as much as a whole
                 log(f"random CNN {seed - args.seed + 1} was cut short: left out, the "
                     f"average is of the {len(results)} that finished")
-            else:
-                results.append(member.result())
-                runs.append((seed, history))
-            del member  # its activations and optimiser state: free before the next one
-            if interrupted:
-                break
-    except KeyboardInterrupt:  # between two runs, while the next one was being set up
-        if not results:
-            raise
-        why = "interrupted (Ctrl-C): writing what the finished runs reached"
-        log(why)
-    generated = [average_magnitudes([r[i] for r in results]) for i in range(len(contents))]
+            break
+    generated = [None if any(r[i] is None for r in results) or not results
+                 else average_magnitudes([r[i] for r in results])
+                 for i in range(len(contents))]
     if args.follow_loudness:
-        generated = [utils.follow_loudness(g, c, args.follow_loudness)
+        generated = [g if g is None else
+                     utils.follow_loudness(g, c[:, :g.shape[1]], args.follow_loudness)
                      for g, c in zip(generated, content_specs)]
     return content_specs, style_spec, generated, runs, why
 
 
+# ------------------------------------------------------------------------------ memory
+
+def memory_needed(args, content_samples, style_samples):
+    """Peak bytes a run is expected to need, from the clips' lengths (samples at 22050 Hz)
+    and the settings; what lets a run that cannot fit be refused before any work.
+
+    Grows with the clips only through the audio and its spectrograms (about 50 bytes a
+    sample for a content clip, 12 for the style); the optimisation, the style's Gram and
+    Griffin-Lim work on pieces of bounded size, except with -exact, whose whole-clip
+    features grow with the content's length (and -style_rank full, whose Gram is fixed
+    but large).
+    """
+    rows = args.channels * (utils.N_FFT // 2 - 1)
+    floats_per_frame = 12  # feature maps a loss evaluation keeps for its gradient
+    content_frames = [utils.frame_count(n) for n in content_samples]
+    style_frames = utils.frame_count(style_samples)
+    plans = segment_plan(args, content_frames)
+    items = [(0, a, b) for bounds in plans for a, b in bounds]
+    group = max(len(g) for g in work_groups(args, items))
+    longest = max(b - a for _, a, b in items)
+    rank = None if args.exact or args.style_rank == "full" else args.style_rank
+    needed = BASE_BYTES + 50 * sum(content_samples) * args.ensemble + 12 * style_samples
+    needed += 4 * rows * longest * floats_per_frame * group  # one batch of segments
+    if style_frames <= STYLE_BLOCK:
+        needed += 4 * rows * style_frames * 2 + 8 * style_frames ** 2 * 3
+    else:
+        needed += 4 * rows * STYLE_BLOCK * 2 + 4 * rows * 4 * max(2 * (rank or 0), 256)
+    if rank is None and style_frames > STYLE_BLOCK or longest + min(
+            rank or style_frames, style_frames) >= rows:  # the Gram form: N x N matrices
+        needed += 4 * rows ** 2 * 3
+    chunk = min(max(content_frames), utils.GRIFFIN_LIM_CHUNK)
+    needed += 16 * 6 * (utils.N_FFT // 2 + 1) * chunk
+    return needed
+
+
+def available_memory():
+    """Bytes the system can still give (MemAvailable), or None where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(args, contents, style):
+    """Refuse, in one line, a run whose estimated peak memory is over -max_memory (by
+    default what the system has available)."""
+    limit = args.max_memory * 2 ** 30 if args.max_memory else available_memory()
+    needed = memory_needed(args, [len(y) for y in contents], len(style))
+    if limit is not None and needed > limit:
+        longest = max(len(y) for y in contents) / utils.SAMPLE_RATE
+        hint = ("; drop -exact to optimise in segments" if args.exact else
+                "; a smaller -segment or -style_rank needs less")
+        raise UsageError(f"a {longest:.0f} s content clip against a "
+                         f"{len(style) / utils.SAMPLE_RATE:.0f} s style needs about "
+                         f"{needed / 2 ** 30:.1f} GB of memory, more than the "
+                         f"{limit / 2 ** 30:.1f} GB {'allowed' if args.max_memory else 'available'}"
+                         f"{hint}")
+    return needed
+
+
 DEFAULT_EPOCHS = {"adam": 20000, "lbfgs": 300}
+DEFAULT_TOL = {"adam": 0, "lbfgs": 0.002}
 
 
 def settle_defaults(args):
-    """The defaults that follow other flags: the budget follows the optimiser, the print and
-    plot intervals follow the budget."""
+    """The defaults that follow other flags: the budget and the stopping rule follow the
+    optimiser, the print and plot intervals follow the budget."""
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS[args.optimizer]
+    if args.tol is None:
+        args.tol = DEFAULT_TOL[args.optimizer]
     args.print_interval = args.print_interval or max(1, args.epochs // 10)
     args.plot_interval = args.plot_interval or max(1, args.epochs // 200)
 
@@ -769,6 +1133,7 @@ def run(args):
     files = content_paths(args.content)
     contents = [utils.load_audio(f) for f in files]  # every input is checked before any work
     style = utils.load_audio(args.style)
+    check_memory(args, contents, style)
     names = output_names(files, args.style)
     planned = [p for name in names for p in planned_outputs(args.output, name, args)]
     if several_results(names, args):
@@ -781,13 +1146,17 @@ def run(args):
                                                                        device)
             check_invertible(generated)
             for i, spec in enumerate(generated):
+                if spec is None:
+                    log(f"{files[i]}: not reached before Ctrl-C, nothing written")
+                    continue
                 wav = write_outputs(args.output, names[i], contents[i], content_specs[i],
                                     style_spec, spec, runs, i, args, device, written)[0]
                 written.append(report.write_record(wav, report.run_record(
                     args, files[i], runs, i, why, device, time.perf_counter() - started)))
             if several_results(names, args):  # to compare by ear
                 written.append(report.write_page(
-                    args.output, [os.path.join(args.output, n + ".wav") for n in names]))
+                    args.output, [os.path.join(args.output, n + ".wav")
+                                  for n, g in zip(names, generated) if g is not None]))
         finally:  # on a failure or a second Ctrl-C too: what is there, whole, is listed
             for path in written:
                 print(path)

@@ -6,6 +6,7 @@ Griffin-Lim) and knows nothing about the random CNN.
 import contextlib
 import errno
 import io
+import math
 import os
 import tempfile
 
@@ -210,13 +211,44 @@ def output_dir(path, files=()):
 
 # ---------------------------------------------------------------------------- spectrograms
 
+SPECTROGRAM_BLOCK = 8192  # frames (48 s) of STFT made at once for long clips
+
+
 def stft(y, n_fft=N_FFT):
     return librosa.stft(y, n_fft=n_fft, hop_length=n_fft // 4)
 
 
-def log_spectrogram(y, n_fft=N_FFT):
-    """S = log(1 + |STFT|), shape (n_fft // 2 + 1, frames): the reference's features."""
-    return np.log1p(np.abs(stft(y, n_fft))).astype(np.float32)
+def frame_count(samples, n_fft=N_FFT):
+    """Frames of stft() for a clip of `samples` samples (centred frames)."""
+    return 1 + samples // (n_fft // 4)
+
+
+def stft_frames(y, start, stop, n_fft=N_FFT):
+    """Frames start..stop-1 of stft(y), from just the samples they cover: the STFT of a
+    long clip a block at a time. Frame j is centred on sample j * hop, and the clip is
+    taken as zero beyond its ends, as stft() pads it."""
+    hop = n_fft // 4
+    if start == 0 and stop >= frame_count(len(y), n_fft):
+        return stft(y, n_fft)[:, :stop]
+    first, last = start * hop - n_fft // 2, (stop - 1) * hop + n_fft // 2
+    piece = np.zeros(last - first, dtype=np.float32)
+    lo, hi = max(first, 0), min(last, len(y))
+    piece[lo - first:hi - first] = y[lo:hi]
+    return librosa.stft(piece, n_fft=n_fft, hop_length=hop, center=False)
+
+
+def log_spectrogram(y, n_fft=N_FFT, block=SPECTROGRAM_BLOCK):
+    """S = log(1 + |STFT|), shape (n_fft // 2 + 1, frames): the reference's features.
+    A long clip is transformed `block` frames at a time, so that its complex STFT never
+    exists whole."""
+    frames = frame_count(len(y), n_fft)
+    if frames <= block:
+        return np.log1p(np.abs(stft(y, n_fft))).astype(np.float32)
+    out = np.empty((n_fft // 2 + 1, frames), np.float32)
+    for start in range(0, frames, block):
+        stop = min(start + block, frames)
+        out[:, start:stop] = np.log1p(np.abs(stft_frames(y, start, stop, n_fft)))
+    return out
 
 
 def magnitude(log_spec):
@@ -301,22 +333,60 @@ def _torch_pair(n_fft, length, device):
     return forward, inverse
 
 
+GRIFFIN_LIM_CHUNK = 4096  # frames (24 s) inverted at once: memory stays bounded
+GRIFFIN_LIM_OVERLAP = 128  # frames two chunks share, to hand the phase over
+
+
 def griffin_lim(log_spec, length, iters=50, n_fft=N_FFT, phase=None, momentum=0.0,
-                seed=0, device="cpu", backend=None):
+                seed=0, device="cpu", backend=None, chunk=GRIFFIN_LIM_CHUNK):
     """Invert a log1p magnitude spectrogram to a waveform of `length` samples.
 
     The reference's inversion: magnitude exp(S) - 1, random phase, `iters` rounds of
     istft then stft keeping the new phase. `phase` replaces the random start (e.g. the
-    content's phase); momentum > 0 is the fast Griffin-Lim of Perraudin et al.
-    backend "librosa" or "torch" does the transforms; by default librosa on the CPU and
-    torch on a CUDA device.
+    content's phase): an array (F, T), or a function (start, stop) -> its frames
+    start..stop-1, so that a long clip's phase is made a chunk at a time. momentum > 0
+    is the fast Griffin-Lim of Perraudin et al. backend "librosa" or "torch" does the
+    transforms; by default librosa on the CPU and torch on a CUDA device.
+
+    A spectrogram of more than `chunk` frames is inverted in overlapping chunks, each
+    starting where its predecessor ended: the shared frames begin from the phase the
+    previous chunk reached, and the waveforms are cross-faded across them.
     """
-    target = magnitude(log_spec)
-    if phase is None:
-        rng = np.random.default_rng(seed)
-        phase = rng.uniform(-np.pi, np.pi, target.shape)
-    angles = np.exp(1j * phase)
+    frames = log_spec.shape[1]
+    rng = np.random.default_rng(seed)
+    if phase is not None and not callable(phase):
+        phase_array = phase
+        phase = lambda start, stop: phase_array[:, start:stop]
     backend = backend or ("librosa" if str(device) == "cpu" else "torch")
+    if frames <= chunk:
+        start_phase = (phase(0, frames) if phase is not None
+                       else rng.uniform(-np.pi, np.pi, log_spec.shape))
+        return _griffin_lim(magnitude(log_spec), np.exp(1j * start_phase), length, iters,
+                            n_fft, momentum, device, backend)[0]
+    hop = n_fft // 4
+    bounds = segment_bounds(frames, chunk, min(GRIFFIN_LIM_OVERLAP, chunk // 4))
+    # chunk k's waveform runs from its first frame's centre to its last's
+    spans = [(start * hop, min(length, (stop - 1) * hop)) for start, stop in bounds]
+    spans[-1] = (spans[-1][0], length)
+    out = np.zeros(length, np.float32)
+    angles = None
+    for (start, stop), (first, last), fade in zip(bounds, spans, crossfade_weights(spans)):
+        start_phase = (phase(start, stop) if phase is not None
+                       else rng.uniform(-np.pi, np.pi, (log_spec.shape[0], stop - start)))
+        start_angles = np.exp(1j * start_phase)
+        if angles is not None:  # the frames shared with the previous chunk
+            shared = angles.shape[1] - (start - previous_start)
+            start_angles[:, :shared] = angles[:, -shared:]
+        y, angles = _griffin_lim(magnitude(log_spec[:, start:stop]), start_angles,
+                                 last - first, iters, n_fft, momentum, device, backend)
+        out[first:last] += y * fade
+        previous_start = start
+    return out
+
+
+def _griffin_lim(target, angles, length, iters, n_fft, momentum, device, backend):
+    """Griffin-Lim on magnitudes `target` (F, T) from unit phases `angles`; returns the
+    waveform and the phases it ended with, as numpy arrays."""
     if backend == "librosa":
         forward, inverse = _librosa_pair(n_fft, length)
     else:
@@ -331,8 +401,34 @@ def griffin_lim(log_spec, length, iters=50, n_fft=N_FFT, phase=None, momentum=0.
         angles = angles / (abs(angles) + 1e-16)
     y = inverse(target * angles)
     if torch.is_tensor(y):
-        y = y.cpu().numpy()
-    return np.asarray(y, dtype=np.float32)
+        y, angles = y.cpu().numpy(), angles.cpu().numpy()
+    return np.asarray(y, dtype=np.float32), angles
+
+
+# ---------------------------------------------------------------------------- segments
+
+def segment_bounds(frames, length, overlap):
+    """(start, stop) of each segment of a clip of `frames` frames: the whole clip when it
+    fits in `length`; else the fewest segments of exactly `length` frames, evenly spaced
+    from the first frame to the last, each overlapping the next by `overlap` or more."""
+    if frames <= length:
+        return [(0, frames)]
+    count = math.ceil((frames - overlap) / (length - overlap))
+    starts = [round(i * (frames - length) / (count - 1)) for i in range(count)]
+    return [(start, start + length) for start in starts]
+
+
+def crossfade_weights(bounds):
+    """(stop - start,) weights per segment that sum to 1 over the segments at every
+    position: 1 where one segment alone covers it, a raised-cosine hand-over across each
+    overlap (overlaps are at most half a segment, so they never meet)."""
+    weights = [np.ones(stop - start) for start, stop in bounds]
+    for k in range(len(bounds) - 1):
+        shared = bounds[k][1] - bounds[k + 1][0]
+        rise = 0.5 - 0.5 * np.cos(np.pi * (np.arange(shared) + 0.5) / shared)  # 0 -> 1
+        weights[k][len(weights[k]) - shared:] *= 1 - rise
+        weights[k + 1][:shared] *= rise
+    return weights
 
 
 # ---------------------------------------------------------------------------- pictures
@@ -352,24 +448,44 @@ def save_figure(fig, path):
         plt.close(fig)
 
 
+PICTURE_COLUMNS = 1500  # time columns drawn per spectrogram; longer clips are averaged down
+PICTURE_SECONDS = 12  # width, in inches, a panel grows to at most
+
+
+def picture_columns(log_spec, columns=PICTURE_COLUMNS):
+    """(F, T) -> (F, <= columns) magnitudes: each run of ceil(T / columns) frames averaged
+    in power, so a song's or a lecture's picture stays readable and small in memory."""
+    step = math.ceil(log_spec.shape[1] / columns)
+    if step == 1:
+        return magnitude(log_spec)
+    power = np.stack([(magnitude(log_spec[:, i:i + step]) ** 2).mean(axis=1)
+                      for i in range(0, log_spec.shape[1], step)], axis=1)
+    return np.sqrt(power)
+
+
 def plot_spectrograms(named_specs, path, sr=SAMPLE_RATE, n_fft=N_FFT):
     """Side-by-side spectrograms: time in s, frequency in Hz (low at the bottom), dB colour bar.
 
-    named_specs: list of (title, log1p magnitude array of shape (freq, frames)).
+    named_specs: list of (title, log1p magnitude array of shape (freq, frames)). Clips of
+    more than PICTURE_COLUMNS frames are drawn averaged down to that many columns (the
+    title says so).
     """
     plt = _pyplot()
     hop = n_fft // 4
-    db = [librosa.amplitude_to_db(magnitude(s), ref=1.0, top_db=None)
+    db = [librosa.amplitude_to_db(picture_columns(s), ref=1.0, top_db=None)
           for _, s in named_specs]
     vmax = max(float(d.max()) for d in db)
     vmin = vmax - 80  # 80 dB of range, as a listener would care about
-    width = sum(max(2.5, s.shape[1] * hop / sr * 1.6) for _, s in named_specs)
+    width = sum(min(PICTURE_SECONDS, max(2.5, s.shape[1] * hop / sr * 1.6))
+                for _, s in named_specs)
     fig, axes = plt.subplots(1, len(named_specs), figsize=(width + 1.5, 3.6),
                              squeeze=False, constrained_layout=True)
     for ax, (title, spec), d in zip(axes[0], named_specs, db):
         duration = spec.shape[1] * hop / sr
         image = ax.imshow(d, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
                           extent=[0, duration, 0, sr / 2])
+        if d.shape[1] < spec.shape[1]:
+            title += f" (averaged over {spec.shape[1] / d.shape[1] * hop / sr * 1000:.0f} ms)"
         ax.set_title(title)
         ax.set_xlabel("time (s)")
         ax.set_ylabel("frequency (Hz)")

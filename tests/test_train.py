@@ -339,10 +339,10 @@ def test_ctrl_c_between_ensemble_runs_keeps_the_finished_ones(clips, tmp_path, m
     train.settle_defaults(args)
     real, made = train.make_transfer, []
 
-    def make_then_interrupt(*a):
+    def make_then_interrupt(*a, **kw):
         if len(made) == 1:
             raise KeyboardInterrupt
-        made.append(real(*a))
+        made.append(real(*a, **kw))
         return made[-1]
     monkeypatch.setattr(train, "make_transfer", make_then_interrupt)
     contents = [utils.load_audio(args.content[0])]
@@ -495,7 +495,7 @@ def test_a_non_finite_loss_stops_the_run_with_one_line(flags, words, clips, tmp_
 ])
 def test_out_of_memory_is_one_line_with_the_clip_lengths(error, amount, clips, tmp_path,
                                                          capsys, monkeypatch):
-    def out_of_memory(*_):
+    def out_of_memory(*_, **__):
         raise error
     monkeypatch.setattr(train, "make_transfer", out_of_memory)
     content, style = clips
@@ -588,8 +588,8 @@ def test_an_interrupted_ensemble_member_is_left_out(clips, tmp_path, monkeypatch
     train.settle_defaults(args)
     real, made = train.make_transfer, []
 
-    def make(*a):
-        member = real(*a)
+    def make(*a, **kw):
+        member = real(*a, **kw)
         if made:  # the second: Ctrl-C after its third iteration
             run = member.run
 

@@ -1,0 +1,299 @@
+"""Long clips: segments and their seams, the style's statistics in blocks and of bounded
+rank, the default stopping rule, Griffin-Lim in chunks, and the memory estimate."""
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import train
+import utils
+from model import RandomCNN, StyleGram, StyleLoss, style_loss_textbook
+
+CPU = torch.device("cpu")
+
+
+def _args(*argv):
+    args = train.build_parser().parse_args(list(argv))
+    train.settle_defaults(args)
+    return args
+
+
+# ------------------------------------------------------------------------------ segments
+
+@pytest.mark.parametrize("frames, length, overlap", [(1000, 200, 20), (201, 200, 20),
+                                                     (517, 100, 50), (3001, 517, 43)])
+def test_segments_cover_the_clip_evenly(frames, length, overlap):
+    bounds = utils.segment_bounds(frames, length, overlap)
+    assert bounds[0][0] == 0 and bounds[-1][1] == frames
+    assert all(stop - start == length for start, stop in bounds)
+    shared = [a[1] - b[0] for a, b in zip(bounds, bounds[1:])]
+    assert min(shared) >= overlap and max(shared) - min(shared) <= 1  # evenly spaced
+    # the fewest that do: one fewer could not keep the overlap
+    assert (len(bounds) - 1) * (length - overlap) + overlap < frames
+    assert utils.segment_bounds(150, 200, 20) == [(0, 150)]
+
+
+def test_crossfade_weights_sum_to_one_and_hand_over_smoothly():
+    bounds = utils.segment_bounds(1000, 200, 40)
+    weights = utils.crossfade_weights(bounds)
+    total = np.zeros(1000)
+    for (start, stop), w in zip(bounds, weights):
+        total[start:stop] += w
+    np.testing.assert_allclose(total, 1.0, rtol=0, atol=1e-12)
+    steps = [np.abs(np.diff(w)).max() for w in weights]
+    assert max(steps) < 2 * np.pi / 40  # a raised cosine over 40+ frames: no jump
+    assert weights[0][0] == 1 and weights[-1][-1] == 1
+
+
+def test_stitching_slices_of_one_spectrogram_gives_it_back(tone):
+    spec = utils.log_spectrogram(tone(2.0))
+    bounds = utils.segment_bounds(spec.shape[1], 120, 30)
+    stitched = train.stitch([spec[:, a:b] for a, b in bounds], bounds)
+    np.testing.assert_allclose(stitched, spec, rtol=1e-5, atol=1e-6)
+    # Ctrl-C inside the clip: it ends where the last segment reached ends
+    part = train.stitch([spec[:, a:b] for a, b in bounds[:2]], bounds[:2])
+    np.testing.assert_allclose(part, spec[:, :bounds[1][1]], rtol=1e-5, atol=1e-6)
+
+
+def test_joined_history_weights_segments_by_share_and_holds_the_last_value():
+    first = [(1, 4.0, 2.0), (10, 2.0, 1.0)]
+    second = [(1, 8.0, 4.0), (10, 6.0, 3.0), (20, 5.0, 2.0)]
+    joined = train.joined_history([first, second], [0.25, 0.75])
+    assert [s for s, _, _ in joined] == [1, 10, 20]
+    assert joined[0][1:] == pytest.approx((0.25 * 4 + 0.75 * 8, 0.25 * 2 + 0.75 * 4))
+    assert joined[2][1:] == pytest.approx((0.25 * 2 + 0.75 * 5, 0.25 * 1 + 0.75 * 2))
+
+
+def test_a_segment_is_scored_as_a_clip_of_copies_of_it():
+    """With `whole` = 3 x its frames, a segment's style loss is the reference's loss of
+    the clip made of three copies of it: its Gram per frame against the style's over the
+    whole clip's frames."""
+    rng = np.random.default_rng(4)
+    segment = torch.tensor(rng.standard_normal((1, 2, 3, 5)))
+    style = torch.tensor(rng.standard_normal((1, 2, 3, 11)))
+    copies = torch.cat([segment] * 3, dim=3)
+    expected = style_loss_textbook(copies, style).item()
+    for form in ("time", "gram"):
+        got = StyleLoss(style, 5, form=form)(segment, torch.tensor([5.0]), torch.tensor([15.0]))
+        assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.fixture
+def pair(tmp_path, tone):
+    content, style = tmp_path / "speech.wav", tmp_path / "voice.wav"
+    sf.write(content, tone(2.0, f0=110), 22050)
+    sf.write(style, tone(1.2, f0=230, seed=1), 22050)
+    return str(content), str(style)
+
+
+def test_one_segment_clips_are_bit_identical_to_exact(pair, tone):
+    """A clip that fits in one segment, against a style of no more frames than the rank,
+    is optimised exactly as -exact (today's whole-clip objective) does."""
+    content, style = pair
+    y, s = utils.load_audio(content), utils.load_audio(style)
+    common = ["-content", content, "-style", style, "-epochs", "12", "-segment", "5"]
+    _, _, default, _, _ = train.transfer(_args(*common), [y], s, CPU, progress=False)
+    _, _, exact, _, _ = train.transfer(_args(*common, "-exact"), [y], s, CPU, progress=False)
+    assert np.array_equal(default[0], exact[0])
+
+
+def test_segmented_result_joins_without_jumps_at_the_seams(pair, tmp_path):
+    """Segments of 0.5 s overlapping by 0.15 s: the generated loudness moves across each
+    seam no more than it moves within segments, and the result keeps the clip's length."""
+    content, style = pair
+    out = tmp_path / "out"
+    assert train.main(["-content", content, "-style", style, "-segment", "0.5",
+                       "-overlap", "0.15", "-epochs", "40", "-save_spectrogram",
+                       "-griffin_lim_iters", "8", "-output", str(out)]) == 0
+    spec = np.load(out / "speech_as_voice_spectrogram.npy")
+    frames = utils.frame_count(len(utils.load_audio(content)))
+    assert spec.shape[1] == frames
+    level = 10 * np.log10((utils.magnitude(spec) ** 2).sum(axis=0) + 1e-10)
+    jumps = np.abs(np.diff(level))
+    length = round(0.5 * utils.SAMPLE_RATE / utils.HOP)
+    bounds = utils.segment_bounds(frames, length, round(0.15 * utils.SAMPLE_RATE / utils.HOP))
+    assert len(bounds) >= 4
+    seams = np.zeros(len(jumps), bool)
+    for (_, stop), (start, _) in zip(bounds, bounds[1:]):
+        seams[start - 1:stop] = True  # every step inside an overlap, and into and out of it
+    assert jumps[seams].max() <= 1.5 * jumps[~seams].max() + 0.5
+
+
+def test_lbfgs_batch_gives_each_clip_what_it_gets_alone(pair, tmp_path, tone):
+    content, style = pair
+    other = tmp_path / "other.wav"
+    sf.write(other, tone(0.7, f0=150, seed=3), 22050)
+    clips = [utils.load_audio(content), utils.load_audio(str(other))]
+    s = utils.load_audio(style)
+    args = _args("-epochs", "20", "-segment", "1")
+    _, _, together, _, _ = train.transfer(args, clips, s, CPU, progress=False)
+    for i, y in enumerate(clips):
+        _, _, alone, _, _ = train.transfer(args, [y], s, CPU, progress=False)
+        assert np.array_equal(together[i], alone[0])
+
+
+# ------------------------------------------------------------------------------ style
+
+def _style_features(tone, seconds, kernel=(3, 1)):
+    net = RandomCNN(seed=0, kernel=kernel)
+    spec = utils.log_spectrogram(tone(seconds, f0=200, seed=5))
+    return net, spec
+
+
+@pytest.mark.parametrize("kernel", [(3, 1), (3, 5)])
+def test_style_statistics_in_blocks_equal_the_direct_computation(tone, kernel):
+    net, spec = _style_features(tone, 1.0, kernel)
+    with torch.no_grad():
+        S = net(torch.tensor(spec)[None]).flatten(1, 2)[0].double()
+    gram = S @ S.T
+    exact = train.style_statistics(spec, net, None, block=40)  # the Gram, block by block
+    np.testing.assert_allclose(exact.gram.double().numpy(), gram.numpy(), rtol=1e-4, atol=1e-3)
+    assert exact.squared_norm.item() == pytest.approx(gram.pow(2).sum().item(), rel=1e-5)
+    # a running factor of more columns than the style has frames loses nothing
+    factor = train.style_statistics(spec, net, 200, block=40)
+    assert factor.frames == spec.shape[1] < 200
+    F = factor.factor.double()
+    np.testing.assert_allclose((F @ F.T).numpy(), gram.numpy(), rtol=1e-4, atol=1e-3)
+    assert factor.squared_norm.item() == pytest.approx(gram.pow(2).sum().item(), rel=1e-5)
+
+
+def test_a_style_factor_of_bounded_rank_is_exact_at_full_rank_and_close_below(tone):
+    net, spec = _style_features(tone, 1.0)
+    content = torch.tensor(utils.log_spectrogram(tone(0.5, f0=110)))[None]
+    with torch.no_grad():
+        style, gen = net(torch.tensor(spec)[None]), net(content + 0.3)
+        exact = StyleLoss(style, gen.shape[3])(gen).item()
+        full = StyleLoss(StyleGram.from_features(style, rank=spec.shape[1]), 1)(gen).item()
+        low = StyleGram.from_features(style, rank=32)
+        assert low.factor.shape == (style.shape[1] * style.shape[2], 32)
+        approx = StyleLoss(low, gen.shape[3])(gen).item()
+    assert full == exact
+    assert approx == pytest.approx(exact, rel=1e-3)
+    # the factor's Gram is the best rank-32 approximation: its error is what is left out
+    S = style.flatten(1, 2)[0].double()
+    eig = torch.linalg.eigvalsh(S.T @ S)
+    F = low.factor.double()
+    left_out = ((S @ S.T - F @ F.T).pow(2).sum() / (S @ S.T).pow(2).sum()).item()
+    assert left_out == pytest.approx((eig[:-32].pow(2).sum() / eig.pow(2).sum()).item(),
+                                     rel=1e-2, abs=1e-9)
+
+
+# ------------------------------------------------------------------------------ stopping
+
+def test_the_default_stopping_rule_stops_a_converging_run(pair, capsys):
+    content, style = pair
+    args = _args("-content", content, "-style", style)
+    assert args.tol is not None and args.epochs == 300
+    y, s = utils.load_audio(content), utils.load_audio(style)
+    _, _, _, runs, why = train.transfer(args, [y], s, CPU, progress=False)
+    done = runs[0][1][0][-1][0]
+    assert why.startswith("converged") and done < 300
+    assert f"stopped at step {done}: converged" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ STFT, Griffin-Lim, pictures
+
+def test_stft_a_block_at_a_time_equals_the_whole(tone):
+    y = tone(1.0)
+    whole = utils.stft(y)
+    frames = whole.shape[1]
+    assert frames == utils.frame_count(len(y))
+    for start, stop in [(0, 10), (5, 40), (frames - 7, frames), (0, frames)]:
+        np.testing.assert_allclose(utils.stft_frames(y, start, stop), whole[:, start:stop],
+                                   rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(utils.log_spectrogram(y, block=50), utils.log_spectrogram(y),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_griffin_lim_in_chunks_joins_smoothly(tone):
+    """Chunks of 60 frames: the result is as consistent with its target as a whole-clip
+    inversion, and no seam clicks."""
+    y = tone(3.0)
+    spec = utils.log_spectrogram(y)
+    target = utils.magnitude(spec)
+
+    def error(audio):  # spectral convergence against the target magnitudes
+        return np.linalg.norm(np.abs(utils.stft(audio)) - target) / np.linalg.norm(target)
+    whole = utils.griffin_lim(spec, len(y), iters=30)
+    chunked = utils.griffin_lim(spec, len(y), iters=30, chunk=60)
+    assert len(chunked) == len(y)
+    assert error(chunked) < 1.15 * error(whole)
+    # no click: the largest sample-to-sample step stays the tone's own
+    assert np.abs(np.diff(chunked)).max() < 1.5 * np.abs(np.diff(y)).max()
+
+
+def test_long_pictures_are_averaged_down(tmp_path):
+    spec = np.log1p(np.tile([[1.0, 3.0]], (4, 5)))  # power 1, 9, 1, 9, ...
+    small = utils.picture_columns(spec, columns=5)
+    np.testing.assert_allclose(small, np.sqrt(5.0))
+    long = np.log1p(np.random.default_rng(0).random((257, 20000))).astype(np.float32)
+    utils.plot_spectrograms([("long", long)], tmp_path / "long.png")
+    from PIL import Image
+    assert Image.open(tmp_path / "long.png").size[0] < 110 * (utils.PICTURE_SECONDS + 4)
+
+
+# ------------------------------------------------------------------------------ memory
+
+def test_a_run_past_the_memory_limit_is_refused_before_any_work(pair, tmp_path, capsys):
+    content, style = pair
+    out = tmp_path / "out"
+    code = train.main(["-content", content, "-style", style, "-output", str(out),
+                       "-max_memory", "0.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "needs about" in err and "GB of memory" in err and "0.5 GB allowed" in err
+    assert not out.exists()
+
+
+def test_memory_estimate_grows_with_exact_clips_and_not_with_segmented_ones():
+    args, exact = _args(), _args("-exact")
+    minute = 60 * utils.SAMPLE_RATE
+    short, long = (train.memory_needed(args, [n * minute], 3 * minute) for n in (1, 10))
+    assert long - short < 50 * 9 * minute * 1.01  # only the audio and its spectrograms
+    assert train.memory_needed(exact, [10 * minute], 3 * minute) > 20 * 2 ** 30
+
+
+def test_a_corrected_target_is_the_style_plus_the_segment_less_the_whole():
+    """A later pass sets a segment against S S^T + O O^T - W W^T (its own Gram O O^T, the
+    whole clip's W W^T): the signed factor's loss equals that, written out."""
+    rng = np.random.default_rng(6)
+    style = torch.tensor(rng.standard_normal((1, 2, 3, 7)))
+    own, whole = (torch.tensor(rng.standard_normal((6, n))) for n in (4, 9))
+    gen = torch.tensor(rng.standard_normal((1, 2, 3, 5)))
+    target = StyleGram.from_features(style).corrected(own, StyleGram.from_features(
+        whole.reshape(1, 2, 3, 9)))
+    S = style.reshape(6, 7)
+    G = S @ S.T + own @ own.T - whole @ whole.T
+    A = gen.reshape(6, 5)
+    expected = ((A @ A.T - G) ** 2).sum().item() / (4 * 2 * 2 * 3 * 5)
+    assert target.squared_norm.item() == pytest.approx((G ** 2).sum().item(), rel=1e-10)
+    for form in ("time", "gram"):
+        got = StyleLoss(target, 5, form=form)(gen)
+        assert got.item() == pytest.approx(expected, rel=1e-10)
+    # and its gradient, written out by hand in the time form, is autograd's of the same
+    A64 = gen.clone().requires_grad_()
+    StyleLoss(target, 5, form="time")(A64).sum().backward()
+    A_ref = gen.clone().requires_grad_()
+    ((A_ref.reshape(6, 5) @ A_ref.reshape(6, 5).T - G) ** 2).sum().div(4 * 2 * 2 * 3 * 5).backward()
+    torch.testing.assert_close(A64.grad, A_ref.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_a_second_pass_brings_segments_closer_to_the_whole_clip_objective(pair):
+    """The whole clip's reference loss of a two-pass result is below the one-pass one."""
+    content, style = pair
+    y, s = utils.load_audio(content), utils.load_audio(style)
+    content_spec, style_spec = utils.log_spectrogram(y), utils.log_spectrogram(s)
+
+    def whole_clip_loss(generated):
+        t = train.Transfer([content_spec], style_spec, device=CPU)
+        with torch.no_grad():
+            t.spec.copy_(torch.as_tensor(generated)[None])
+            return sum(x.item() for x in t.losses())
+    losses = []
+    for passes in ("1", "2"):
+        args = _args("-segment", "0.6", "-overlap", "0.1", "-epochs", "60", "-passes", passes)
+        _, _, generated, _, _ = train.transfer(args, [y], s, CPU, progress=False)
+        losses.append(whole_clip_loss(generated[0]))
+    assert losses[1] < losses[0]
