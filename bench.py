@@ -316,14 +316,18 @@ def side_by_side(title, content, style, judge=False):
         print(line)
 
 
-def per_evaluation(content_spec, style_spec, args, evaluations=4):
-    """Seconds per loss evaluation of the whole clip (every segment once), after the
-    style's statistics are made."""
+def per_evaluation(content_spec, style_spec, args, short=2, long=8):
+    """Seconds per loss evaluation of the whole clip (every segment once, first pass), from
+    runs of `short` and `long` evaluations, so that the set-up both share drops out."""
     train.settle_defaults(args)
-    args.epochs, args.tol = evaluations, 0
-    start = time.perf_counter()
-    train.run_random_cnn(args, [content_spec], style_spec, torch.device("cpu"), 0, False)
-    return (time.perf_counter() - start) / evaluations
+    args.tol, args.passes = 0, 1
+    seconds = []
+    for evaluations in (short, short, long):  # the first warms up, and is not counted
+        args.epochs = evaluations
+        start = time.perf_counter()
+        train.run_random_cnn(args, [content_spec], style_spec, torch.device("cpu"), 0, False)
+        seconds.append(time.perf_counter() - start)
+    return (seconds[2] - seconds[1]) / (long - short)
 
 
 def growth(content, style, lengths=(2, 4, 8, 16, 32)):
