@@ -857,12 +857,8 @@ def style_shares(content_specs, plans, style_net):
             continue
         energy = frame_energy(content_specs[c], style_net)
         total = energy.sum() + 1e-12
-        mode = os.environ.get("RCNN_SHARE", "energy")
-        for start, stop in bounds:
-            if mode == "frames":
-                shares[(c, start, stop)] = (stop - start) / len(energy)
-            else:
-                shares[(c, start, stop)] = float(energy[start:stop].sum() / total) + 1e-6
+        for start, stop in bounds:  # a floor keeps a silent segment's share above 0
+            shares[(c, start, stop)] = float(energy[start:stop].sum() / total) + 1e-6
     return shares
 
 
@@ -948,8 +944,8 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
                 break
         else:
             for _ in range(passes - 1):
-                if not refine(args, content_specs, plans, results, shares, gram, nets[1],
-                              rank, device, optimise_group):
+                if not refine(content_specs, plans, results, shares, gram, nets[1], rank,
+                              device, optimise_group):
                     break
     except KeyboardInterrupt:  # while a segment was being set up
         why = "interrupted (Ctrl-C): writing what the finished segments reached"
@@ -976,7 +972,7 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
     return generated, curves, why or "nothing to optimise"
 
 
-def refine(args, content_specs, plans, results, shares, gram, style_net, rank, device,
+def refine(content_specs, plans, results, shares, gram, style_net, rank, device,
            optimise_group):
     """One more pass over the clips of several segments, each segment against the
     residual of its whole clip as stitched now. Returns False if Ctrl-C stopped it."""
@@ -984,6 +980,8 @@ def refine(args, content_specs, plans, results, shares, gram, style_net, rank, d
         if len(bounds) == 1:
             continue
         clip = stitch([results[(c, *bound)] for bound in bounds], bounds)
+        # the stitched clip's Gram, as a factor of the style's rank (of 2 x the default
+        # for an exact style, whose rank would grow with the clip)
         whole = style_statistics(clip, style_net, rank or 2 * STYLE_RANK, device)
         for bound in bounds:
             item = (c, *bound)
