@@ -167,9 +167,7 @@ class StyleGram:
         squared_norm = K.pow(2).sum()
         if rank is None or Ts <= rank:
             return cls(C, H, Ts, squared_norm, factor=S)
-        eigenvalues, vectors = torch.linalg.eigh(K)  # ascending
-        top = vectors[:, -rank:].to(S.dtype)
-        return cls(C, H, Ts, squared_norm, factor=S @ top)  # (S V)(S V)^T = S V V^T S^T
+        return cls(C, H, Ts, squared_norm, factor=_top_directions(S, rank, K))
 
     @classmethod
     def from_blocks(cls, blocks, rank=None):
@@ -197,10 +195,8 @@ class StyleGram:
                     torch.cat([factor, part], dim=1), keep)
         if rank is None:
             return cls(C, H, frames, gram.double().pow(2).sum(), gram=gram)
+        factor = _top_directions(factor, rank)
         K = factor.double().T @ factor.double()
-        if factor.shape[1] > rank:
-            factor = _top_directions(factor, rank)
-            K = factor.double().T @ factor.double()
         return cls(C, H, frames, K.pow(2).sum(), factor=factor)
 
     def corrected(self, own, whole):
@@ -222,18 +218,15 @@ class StyleGram:
         return StyleGram(self.C, self.H, self.frames, self.squared_norm * scale ** 2,
                          factor, gram, self.signs)
 
-    def to(self, device):
-        move = lambda x: None if x is None else x.to(device)
-        return StyleGram(self.C, self.H, self.frames, self.squared_norm.to(device),
-                         move(self.factor), move(self.gram), move(self.signs))
 
-
-def _top_directions(Z, keep):
+def _top_directions(Z, keep, K=None):
     """(N, k) -> (N, min(k, keep)) Y with Y Y^T the best rank-`keep` approximation of
-    Z Z^T: Y = Z V, V the top eigenvectors of Z^T Z (k x k, cheap when k << N)."""
+    Z Z^T: Y = Z V, V the top eigenvectors of K = Z^T Z (k x k, cheap when k << N; pass
+    it when it is already at hand)."""
     if Z.shape[1] <= keep:
         return Z
-    _, vectors = torch.linalg.eigh((Z.T @ Z).double())
+    K = (Z.T @ Z).double() if K is None else K
+    _, vectors = torch.linalg.eigh(K)  # ascending
     return Z @ vectors[:, -keep:].to(Z.dtype)
 
 

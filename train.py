@@ -346,8 +346,6 @@ def networks(seed, kernel=(3, 1), style_kernel=None, channels=32, device="cpu"):
     return net, RandomCNN(seed, channels=channels, kernel=style_kernel).to(device)
 
 
-
-
 def features_in_blocks(spec, net, block=STYLE_BLOCK):
     """The features (1, C, H, b) of a log spectrogram (F, T) through `net`, `block` frames
     at a time, each block computed with the frames its kernel reads beyond it, so that
