@@ -316,16 +316,15 @@ def side_by_side(title, content, style, judge=False):
         print(line)
 
 
-def per_evaluation(content_spec, style_spec, args, short=2, long=8):
+def per_evaluation(content_spec, style_spec, options, short=2, long=8):
     """Seconds per loss evaluation of the whole clip (every segment once, first pass), from
-    runs of `short` and `long` evaluations, so that the set-up both share drops out."""
-    train.settle_defaults(args)
-    args.tol, args.passes = 0, 1
+    runs of `short` and `long` evaluations, so that the set-up both share drops out.
+    options: VoiceTransfer's, over the defaults."""
     seconds = []
     for evaluations in (short, short, long):  # the first warms up, and is not counted
-        args.epochs = evaluations
+        vt = train.VoiceTransfer(device="cpu", epochs=evaluations, tol=0, passes=1, **options)
         start = time.perf_counter()
-        train.run_random_cnn(args, [content_spec], style_spec, torch.device("cpu"), 0, False)
+        vt.optimise([content_spec], style_spec, progress=False)
         seconds.append(time.perf_counter() - start)
     return (seconds[2] - seconds[1]) / (long - short)
 
@@ -340,9 +339,8 @@ def growth(content, style, lengths=(2, 4, 8, 16, 32)):
     for seconds in lengths:
         n = int(seconds * utils.SAMPLE_RATE)
         spec = utils.log_spectrogram(np.tile(y, n // len(y) + 1)[:n])
-        parser = train.build_parser()
-        ours = per_evaluation(spec, style_spec, parser.parse_args([]))
-        exact = per_evaluation(spec, style_spec, parser.parse_args(["-exact"]))
+        ours = per_evaluation(spec, style_spec, {})
+        exact = per_evaluation(spec, style_spec, {"exact": True})
         ratio = f"{ours / previous:.2f}x" if previous else ""
         print(f"  {seconds:7.0f}s {spec.shape[1]:7d} {1000 * ours:8.0f}ms {ratio:>6} "
               f"{1000 * exact:8.0f}ms")

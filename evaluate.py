@@ -37,7 +37,7 @@ import scipy.signal
 
 import report
 import utils
-from train import OneLineParser
+from cli import OneLineParser
 
 COLUMNS = ["file", "sim_style", "sim_content", "margin", "stoi", "wer", "dnsmos_ovrl",
            "dnsmos_sig", "dnsmos_bak", "lsd_db"]

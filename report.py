@@ -127,8 +127,8 @@ def run_record(args, content, runs, index, why, device, seconds, measures=None):
         "command": list(sys.argv),
         "cwd": os.getcwd(),
         "rerun": flag_command(settings),
-        "content": os.path.abspath(content),
-        "style": os.path.abspath(args.style),
+        "content": os.path.abspath(content) if content else None,  # None: an array
+        "style": os.path.abspath(args.style) if args.style else None,
         "settings": settings,
         "seeds": [r["seed"] for r in per_run],
         "environment": environment(device),

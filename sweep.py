@@ -25,7 +25,6 @@ import argparse
 import csv
 import os
 import sys
-import time
 
 import evaluate
 import report
@@ -161,31 +160,18 @@ def point_name(c_name, s_name, weight, seed, several_seeds):
     return name + f"_seed{seed}" if several_seeds else name
 
 
-def final_losses(runs):
-    """The last recorded content and style loss of the first random CNN's run, or None
-    for both when it recorded none (-epochs 0)."""
-    history = runs[0][1][0] if runs else []
-    if not history:
-        return None, None
-    return float(history[-1][1]), float(history[-1][2])
-
-
-def sweep_point(args, content, style, device, encoder, stem, name):
-    """One transfer at args.style_weight and args.seed, written and measured: its row."""
-    start = time.perf_counter()
-    content_specs, style_spec, generated, runs, why = train.transfer(
-        args, [content], style, device, progress=False)
-    train.check_invertible(generated)
-    wav = train.write_outputs(stem, name, content, content_specs[0], style_spec,
-                              generated[0], runs, 0, args, device)[0]
-    seconds = time.perf_counter() - start
-    measured = evaluate.evaluate(args.content, args.style, [wav], encoder=encoder)[0]
-    report.write_record(wav, report.run_record(args, args.content, runs, 0, why, device,
-                                               seconds, measures=measured))
-    content_loss, style_loss = final_losses(runs)
-    return dict(measured, style_weight=args.style_weight, seed=args.seed, seconds=seconds,
-                content_loss=content_loss, style_loss=style_loss,
-                interrupted=why.startswith("interrupted"))
+def sweep_point(vt, content, style, encoder, stem, name):
+    """One transfer at the style weight and seed vt.settings holds, written and measured:
+    its row. content, style: the clips' paths."""
+    result = vt.transfer(content, style, progress=False)
+    wav = result.save(os.path.join(stem, name + ".wav"))[0]
+    measured = evaluate.evaluate(content, style, [wav], encoder=encoder)[0]
+    report.add_measures(wav, measured, content, style)
+    history = result.history[0][1] if result.history else []
+    content_loss, style_loss = history[-1][1:] if history else (None, None)
+    return dict(measured, style_weight=vt.settings.style_weight, seed=vt.settings.seed,
+                seconds=result.seconds, content_loss=content_loss, style_loss=style_loss,
+                interrupted=result.why.startswith("interrupted"))
 
 
 def run(args, parser):
@@ -195,12 +181,12 @@ def run(args, parser):
     if len(args.content) != 1:
         raise train.UsageError(f"-content: give one clip, not {len(args.content)}")
     args.content = args.content[0]
-    train.settle_defaults(args)
     seeds = args.seeds or [args.seed]
     train.check_seeds(seeds, args.ensemble)
-    device = train.pick_device(args.device)
-    content = utils.load_audio(args.content)
-    style = utils.load_audio(args.style)
+    args.style_weight = args.weights[0]  # each point sets its own
+    vt = train.VoiceTransfer.from_settings(args)
+    content = vt.load(args.content)  # both checked before any work
+    style = vt.load(args.style)
     encoder = evaluate.load_encoder()  # fails here, before any work, if it is not installed
     c_name = os.path.splitext(os.path.basename(args.content))[0]
     s_name = os.path.splitext(os.path.basename(args.style))[0]
@@ -214,13 +200,13 @@ def run(args, parser):
     rows, stopped = [], False
     # every file the sweep will write is checked now, not after the work
     with utils.output_dir(args.output, [stem + ".csv", stem + ".png"]), \
-            utils.output_dir(stem, planned), train.memory_reported([content], style, device):
+            utils.output_dir(stem, planned), train.memory_reported([content], style, vt.device):
         print(f"{'weight':>8} {'seed':>5} {'margin':>7} {'stoi':>6} {'sim_style':>9} "
               f"{'sim_content':>11} {'seconds':>7}", flush=True)
         try:
             for w, seed, name in points:
                 args.style_weight, args.seed = w, seed
-                rows.append(sweep_point(args, content, style, device, encoder, stem, name))
+                rows.append(sweep_point(vt, args.content, args.style, encoder, stem, name))
                 r = rows[-1]
                 print(f"{weight_text(w):>8} {seed:>5} {r['margin']:+7.3f} {r['stoi']:6.3f} "
                       f"{r['sim_style']:9.3f} {r['sim_content']:11.3f} {r['seconds']:7.1f}"

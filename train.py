@@ -17,6 +17,7 @@ the example voices in input/. Writes into output/ (or -output):
 import argparse
 import collections
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -30,6 +31,8 @@ from tqdm import tqdm
 import report
 import utils
 import vocoder
+from cli import (UsageError, OneLineParser, check_seeds, log, number, pick_device,
+                 seed_number)
 from model import RandomCNN, StyleGram, StyleLoss, content_loss
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,45 +43,7 @@ ADAM_BATCH_BYTES = 2 ** 30  # Adam's segments optimised together: their features
 BASE_BYTES = 700 * 2 ** 20  # the interpreter with torch, librosa and matplotlib loaded
 
 
-class UsageError(Exception):
-    """A setting the user gave that cannot work; reported as one line."""
-
-
 # ------------------------------------------------------------------------------ command line
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints the whole usage; one line says enough
-        self.exit(2, f"{self.prog}: error: {message} (see -h)\n")
-
-
-def number(kind, low, low_ok=True, high=None):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        # math.isfinite would overflow on an int of 400 digits; an int is finite anyway
-        finite = kind is int or math.isfinite(value)
-        if not finite or value < low or (value == low and not low_ok):
-            bound = f">= {low}" if low_ok else f"> {low}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
-        if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
-        return value
-    return parse
-
-
-# torch seeds its generators with an unsigned 64-bit number, numpy's with one >= 0
-MAX_SEED = 2 ** 64 - 1
-seed_number = number(int, 0, high=MAX_SEED)
-
-
-def check_seeds(seeds, ensemble=1):
-    """-ensemble K runs the seeds s .. s+K-1 of each given seed: all must be valid."""
-    if max(seeds) + ensemble - 1 > MAX_SEED:
-        raise UsageError(f"-seed {max(seeds)} with -ensemble {ensemble} runs seeds up to "
-                         f"{max(seeds) + ensemble - 1}, past the largest, {MAX_SEED}")
-
 
 def ratio(text):
     return text if text == "auto" else number(float, 0, low_ok=False)(text)
@@ -270,27 +235,6 @@ def output_names(content_files, style_file):
     return names
 
 
-def pick_device(name):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("-device cuda: no CUDA device is available "
-                         "(check the driver and CUDA_VISIBLE_DEVICES)")
-    if name == "cuda":
-        exact_cuda()
-    return torch.device(name)
-
-
-def exact_cuda():
-    """float32 and the same result for the same seed on CUDA, as on the CPU. cuDNN would
-    convolve in TF32 on Ampere and later (about 5e-4 relative error in the features), and
-    pick its algorithms by timing, which can change a result from run to run."""
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False  # torch's default; stated, not assumed
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-
-
 def _allocation(error):
     """How much the failed allocation asked for, as its message says it, or None."""
     text = str(error)
@@ -329,11 +273,6 @@ def memory_reported(contents, style, device):
 
 
 # ------------------------------------------------------------------------------ optimisation
-
-def log(message):
-    """Progress notes go to stderr, above the progress bar; stdout lists the files written."""
-    tqdm.write(message, file=sys.stderr)
-
 
 def networks(seed, kernel=(3, 1), style_kernel=None, channels=32, device="cpu"):
     """The random CNN of `seed`, and the one the style loss looks through: the same one
@@ -726,20 +665,14 @@ def several_results(names, args):
     return len(names) > 1 or args.ensemble > 1
 
 
-def write_outputs(out_dir, name, content_audio, content_spec, style_spec, generated, runs,
-                  index, args, device, written=None):
-    """Everything one clip's run produces; each file appears whole or not at all, and is
-    added to `written` as soon as it is there. Returns output_paths().
-
-    runs: (seed, curves) per random CNN, as transfer() returns them; the loss picture
-    has the curves of each. A `generated` shorter than the content (Ctrl-C inside a
-    long clip) gives audio as long as the frames it has.
-    """
-    paths = output_paths(out_dir, name, args)
-    wav, spectrograms, loss = paths[:3]
-    done = written if written is not None else []
+def vocode(generated, content_audio, args, device, name="result"):
+    """(samples,) float32 audio of the log spectrogram `generated` (F, T): Griffin-Lim (and
+    -vocoder hifigan on its waveform), scaled below full scale if it would clip. As long
+    as `content_audio` when it has the content's frames; a shorter `generated` (Ctrl-C
+    inside a long clip) gives audio as long as the frames it has."""
     frames = generated.shape[1]
-    length = len(content_audio) if frames == content_spec.shape[1] else (frames - 1) * utils.HOP
+    length = (len(content_audio) if frames == utils.frame_count(len(content_audio))
+              else (frames - 1) * utils.HOP)
     phase = None
     if args.phase == "content":  # made a chunk at a time, as Griffin-Lim asks for it
         phase = lambda start, stop: np.angle(utils.stft_frames(content_audio, start, stop))
@@ -747,15 +680,29 @@ def write_outputs(out_dir, name, content_audio, content_spec, style_spec, genera
                               phase=phase, momentum=args.griffin_lim_momentum, seed=args.seed,
                               device=device)
     if not np.all(np.isfinite(audio)):  # float32 on the GPU overflows sooner than the check
-        raise NonFiniteLoss(f"{wav}: Griffin-Lim's result is not finite; the spectrogram "
+        raise NonFiniteLoss(f"{name}: Griffin-Lim's result is not finite; the spectrogram "
                             f"reaches {np.max(generated):.4g}: lower -content_weight, "
                             f"-style_weight or -learning_rate")
     if args.vocoder == "hifigan":
         audio = vocoder.from_audio(audio, device)
     audio, gain = utils.fit_full_scale(audio)
     if gain < 1:  # the wav only: the spectrogram saved and pictured stays as optimised
-        log(f"{wav}: Griffin-Lim's peak {utils.FULL_SCALE / gain:.3g} passes full scale: "
+        log(f"{name}: Griffin-Lim's peak {utils.FULL_SCALE / gain:.3g} passes full scale: "
             f"scaled by {20 * math.log10(gain):.1f} dB so that it does not clip")
+    return audio
+
+
+def write_outputs(out_dir, name, audio, content_spec, style_spec, generated, runs, index,
+                  args, written=None):
+    """Everything one clip's result is written as; each file appears whole or not at all,
+    and is added to `written` as soon as it is there. Returns output_paths().
+
+    audio: vocode()'s; runs: (seed, curves) per random CNN, as transfer() returns them,
+    curves[index] this clip's; the loss picture has the curves of each.
+    """
+    paths = output_paths(out_dir, name, args)
+    wav, spectrograms, loss = paths[:3]
+    done = written if written is not None else []
     utils.save_wav(wav, audio)
     done.append(wav)
     utils.plot_spectrograms([("content", content_spec), ("style", style_spec),
@@ -1004,8 +951,9 @@ def average_magnitudes(log_specs):
 
 
 def transfer(args, contents, style, device, progress=True):
-    """The whole optimisation `args` ask for, shared with sweep.py: -ensemble runs, one
-    after another, each with its own random CNN.
+    """The whole optimisation `args` ask for, from the clips' audio: -ensemble runs, one
+    after another, each with its own random CNN (VoiceTransfer's spectrograms() and
+    optimise() in one call, on a namespace of flags).
 
     Returns (content_specs, style_spec, generated, runs, why): generated holds one log
     spectrogram per content clip (the ensemble's average, then -follow_loudness: what
@@ -1016,6 +964,12 @@ def transfer(args, contents, style, device, progress=True):
     the interrupted one reached.
     """
     content_specs, style_spec = input_spectrograms(args, contents, style)
+    return (content_specs, style_spec,
+            *optimise_ensemble(args, content_specs, style_spec, device, progress))
+
+
+def optimise_ensemble(args, content_specs, style_spec, device, progress=True):
+    """transfer() on the spectrograms: (generated, runs, why)."""
     results, runs = [], []
     for seed in range(args.seed, args.seed + args.ensemble):
         if args.ensemble > 1:
@@ -1034,12 +988,12 @@ def transfer(args, contents, style, device, progress=True):
             break
     generated = [None if any(r[i] is None for r in results) or not results
                  else average_magnitudes([r[i] for r in results])
-                 for i in range(len(contents))]
+                 for i in range(len(content_specs))]
     if args.follow_loudness:
         generated = [g if g is None else
                      utils.follow_loudness(g, c[:, :g.shape[1]], args.follow_loudness)
                      for g, c in zip(generated, content_specs)]
-    return content_specs, style_spec, generated, runs, why
+    return generated, runs, why
 
 
 # ------------------------------------------------------------------------------ memory
@@ -1121,38 +1075,192 @@ def settle_defaults(args):
     args.plot_interval = args.plot_interval or max(1, args.epochs // 200)
 
 
+# ------------------------------------------------------------------------------ the Python API
+
+@dataclasses.dataclass
+class Result:
+    """One content clip's transfer, as VoiceTransfer.transfer returns it.
+
+    audio: (samples,) float32 at `sample_rate`, as long as the content, within full scale
+    spectrogram: (F, T) log(1 + |STFT|) the vocoder turned into `audio`: F = 257 bins
+        (utils.N_FFT // 2 + 1), T frames of utils.HOP samples (fewer than the content's
+        if Ctrl-C stopped it inside the clip)
+    content_spectrogram (F, T), style_spectrogram (F, Ts): what it was optimised against
+    history: [(seed, [(iteration, content loss, style loss), ...])], one per random CNN
+    why: how the (last) optimisation stopped, e.g. "converged: ..." or "interrupted ..."
+    settings: every option, defaults resolved (an argparse.Namespace, as the flags give)
+    seconds: wall time from loading the clips to this result's audio
+    content, style: the clips' paths, or None where they were given as arrays
+    """
+    audio: np.ndarray
+    spectrogram: np.ndarray
+    content_spectrogram: np.ndarray
+    style_spectrogram: np.ndarray
+    history: list
+    why: str
+    settings: argparse.Namespace
+    seconds: float
+    content: str = None
+    style: str = None
+    device: str = "cpu"
+    sample_rate: int = utils.SAMPLE_RATE
+
+    def save(self, path, written=None):
+        """Write the audio to `path` (a .wav) and beside it what train.py writes with it:
+        the spectrogram and loss pictures and the record <name>.json. Each file appears
+        whole or not at all, added to `written` as it does. Returns the paths."""
+        out_dir, name = os.path.split(os.path.splitext(path)[0])
+        runs = [(seed, [points]) for seed, points in self.history]
+        written = written if written is not None else []
+        with utils.output_dir(out_dir or ".", planned_outputs(out_dir, name, self.settings)):
+            paths = write_outputs(out_dir, name, self.audio, self.content_spectrogram,
+                                  self.style_spectrogram, self.spectrogram, runs, 0,
+                                  self.settings, written)
+            settings = argparse.Namespace(**{**vars(self.settings), "style": self.style})
+            written.append(report.write_record(paths[0], report.run_record(
+                settings, self.content, runs, 0, self.why, self.device, self.seconds)))
+        return paths + written[-1:]
+
+
+class VoiceTransfer:
+    """The transfer as one object, its methods the pipeline's stages:
+
+        vt = VoiceTransfer(style_weight=2)          # any of train.py's flags, without the dash
+        result = vt.transfer("input/male.wav", "input/female.wav")
+        result.save("output/male_as_female.wav")    # the wav, its pictures and record
+
+    load -> spectrograms -> optimise -> vocode; transfer() runs them all. An option is
+    checked as its flag is; a wrong one is a UsageError naming the flag.
+    """
+
+    def __init__(self, preset=None, **options):
+        self.settings = parse_options(preset, options)
+        settle_defaults(self.settings)
+        check_seeds([self.settings.seed], self.settings.ensemble)
+        self.device = pick_device(self.settings.device)
+
+    @classmethod
+    def from_settings(cls, settings):
+        """The object for a parsed command line (train.py's or sweep.py's namespace)."""
+        vt = cls.__new__(cls)
+        vt.settings = settings
+        settle_defaults(settings)
+        check_seeds([settings.seed], settings.ensemble)
+        vt.device = pick_device(settings.device)
+        return vt
+
+    def load(self, audio):
+        """(samples,) float32 mono at utils.SAMPLE_RATE (22050 Hz) from a path (any format
+        libsndfile reads), an array at 22050 Hz ((samples,), or 2-D with channels along the
+        shorter axis), or an (array, sample_rate) pair."""
+        if isinstance(audio, (str, os.PathLike)):
+            return utils.load_audio(os.fspath(audio))
+        samples, rate = audio if isinstance(audio, tuple) else (audio, utils.SAMPLE_RATE)
+        return utils.prepare_audio(samples, rate, "audio array")
+
+    def spectrograms(self, contents, style):
+        """Per content clip (samples,) its (F, T) log spectrogram, reshaped by -pitch_ratio
+        and -formant_ratio, and the style's (F, Ts): ([arrays], array)."""
+        return input_spectrograms(self.settings, contents, style)
+
+    def optimise(self, content_specs, style_spec, progress=True):
+        """The -ensemble random CNNs' optimisation (F, T) per content clip: (generated,
+        runs, why) as transfer() returns them."""
+        return optimise_ensemble(self.settings, content_specs, style_spec, self.device,
+                                 progress)
+
+    def vocode(self, spectrogram, content_audio):
+        """(samples,) audio of the (F, T) `spectrogram`, as long as `content_audio`."""
+        return vocode(spectrogram, content_audio, self.settings, self.device)
+
+    def transfer(self, content, style, progress=True):
+        """Say `content` in the voice of `style`, each as load() takes it; `content` may be
+        a list of clips, optimised as one batch. Returns a Result, or a list of Results
+        (None for a clip Ctrl-C stopped before it began)."""
+        started = time.perf_counter()
+        several = isinstance(content, list)
+        clips = content if several else [content]
+        contents = [self.load(c) for c in clips]
+        style_audio = self.load(style)
+        check_memory(self.settings, contents, style_audio)
+        results = self.results(clips, contents, style, style_audio, started, progress)
+        return results if several else results[0]
+
+    def results(self, clips, contents, style, style_audio, started, progress=True):
+        """transfer() after loading: clips as given (paths are kept in the records),
+        contents and style_audio as load() made them; `started` is when loading began."""
+        with memory_reported(contents, style_audio, self.device):
+            content_specs, style_spec = self.spectrograms(contents, style_audio)
+            generated, runs, why = self.optimise(content_specs, style_spec, progress)
+            check_invertible(generated)
+            results = []
+            for i, (clip, audio, spec) in enumerate(zip(clips, contents, generated)):
+                if spec is None:
+                    results.append(None)
+                    continue
+                path = os.fspath(clip) if isinstance(clip, (str, os.PathLike)) else None
+                results.append(Result(
+                    self.vocode(spec, audio), spec, content_specs[i], style_spec,
+                    [(seed, [(int(step), float(c), float(s)) for step, c, s in curves[i]])
+                     for seed, curves in runs], why, self.settings,
+                    time.perf_counter() - started, path,
+                    os.fspath(style) if isinstance(style, (str, os.PathLike)) else None,
+                    str(self.device)))
+        return results
+
+
+API_ONLY = {"content", "style", "output", "preset"}  # given to transfer()/save() instead
+
+
+def parse_options(preset, options):
+    """The namespace of train.py's flags for Python keyword options: each passes through
+    its flag's own parsing, so a value is checked, and refused, as on the command line."""
+    parser = build_parser()
+    parser.raising = True
+    known = {a.dest: a for a in parser._actions}
+    argv, switches = ["-preset", preset] if preset else [], {}
+    for key, value in options.items():
+        if key not in known or key in API_ONLY:
+            raise UsageError(f"{key}: not an option; they are train.py's flags without "
+                             f"the dash: {', '.join(sorted(set(known) - API_ONLY - {'help'}))}")
+        if isinstance(known[key], argparse._StoreTrueAction):
+            switches[key] = bool(value)
+        elif value is not None:
+            argv += [f"-{key}", repr(value) if isinstance(value, float) else str(value)]
+    settings = parser.parse_args(argv)
+    vars(settings).update(switches)  # False too, over a preset's True
+    settings.content = settings.style = None  # the clips come with transfer()
+    return settings
+
+
+# ------------------------------------------------------------------------------ command line run
+
 def run(args):
+    vt = VoiceTransfer.from_settings(args)
     started = time.perf_counter()  # the record's wall time: loading to writing
-    settle_defaults(args)
-    check_seeds([args.seed], args.ensemble)
-    device = pick_device(args.device)
     files = content_paths(args.content)
-    contents = [utils.load_audio(f) for f in files]  # every input is checked before any work
-    style = utils.load_audio(args.style)
+    contents = [vt.load(f) for f in files]  # every input is checked before any work
+    style = vt.load(args.style)
     check_memory(args, contents, style)
     names = output_names(files, args.style)
     planned = [p for name in names for p in planned_outputs(args.output, name, args)]
     if several_results(names, args):
         planned.append(os.path.join(args.output, report.PAGE))
-    written = []
+    written, why = [], "done"
     # the output is checked now, not after the work
-    with utils.output_dir(args.output, planned), memory_reported(contents, style, device):
+    with utils.output_dir(args.output, planned):
         try:
-            content_specs, style_spec, generated, runs, why = transfer(args, contents, style,
-                                                                       device)
-            check_invertible(generated)
-            for i, spec in enumerate(generated):
-                if spec is None:
-                    log(f"{files[i]}: not reached before Ctrl-C, nothing written")
+            results = vt.results(files, contents, args.style, style, started)
+            for path, name, result in zip(files, names, results):
+                if result is None:
+                    log(f"{path}: not reached before Ctrl-C, nothing written")
                     continue
-                wav = write_outputs(args.output, names[i], contents[i], content_specs[i],
-                                    style_spec, spec, runs, i, args, device, written)[0]
-                written.append(report.write_record(wav, report.run_record(
-                    args, files[i], runs, i, why, device, time.perf_counter() - started)))
+                why = result.why
+                result.save(os.path.join(args.output, name + ".wav"), written)
             if several_results(names, args):  # to compare by ear
                 written.append(report.write_page(
                     args.output, [os.path.join(args.output, n + ".wav")
-                                  for n, g in zip(names, generated) if g is not None]))
+                                  for n, r in zip(names, results) if r is not None]))
         finally:  # on a failure or a second Ctrl-C too: what is there, whole, is listed
             for path in written:
                 print(path)

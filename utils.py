@@ -56,18 +56,35 @@ def load_audio(path, sr=SAMPLE_RATE, n_fft=N_FFT):
         # libsndfile says "Error opening '<path>': <reason>"; the path is named once already
         reason = (str(e).splitlines() or [type(e).__name__])[0].split("': ")[-1]
         raise AudioError(f"{path}: not a readable audio file ({reason})") from None
+    return prepare_audio(samples, file_sr, path, sr, n_fft)
+
+
+def prepare_audio(samples, rate, name, sr=SAMPLE_RATE, n_fft=N_FFT):
+    """Samples at `rate` Hz, (samples,) or 2-D with channels along the shorter axis (as
+    soundfile's (samples, channels) or torch's (channels, samples)) -> (samples,) float32
+    mono at `sr`; an AudioError naming `name` for samples no transfer can use."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim > 2:
+        raise AudioError(f"{name}: {samples.ndim}-D samples; give (samples,) or "
+                         f"(samples, channels)")
+    if samples.ndim == 2 and samples.shape[0] < samples.shape[1]:
+        samples = samples.T
+    samples = samples.reshape(samples.shape[0] if samples.ndim else 1, -1)
+    if not (isinstance(rate, (int, np.integer)) and rate > 0):
+        raise AudioError(f"{name}: sample rate must be a positive whole number of Hz, "
+                         f"got {rate!r}")
     if samples.size == 0:
-        raise AudioError(f"{path}: contains no audio samples")
+        raise AudioError(f"{name}: contains no audio samples")
     if not np.all(np.isfinite(samples)):
-        raise AudioError(f"{path}: contains NaN or infinite samples")
+        raise AudioError(f"{name}: contains NaN or infinite samples")
     y = samples.mean(axis=1)
-    if file_sr != sr:
-        y = librosa.resample(y, orig_sr=file_sr, target_sr=sr, res_type="soxr_hq")
+    if rate != sr:
+        y = librosa.resample(y, orig_sr=rate, target_sr=sr, res_type="soxr_hq")
     if len(y) < n_fft:
-        raise AudioError(f"{path}: too short ({len(y)} samples at {sr} Hz; "
+        raise AudioError(f"{name}: too short ({len(y)} samples at {sr} Hz; "
                          f"one STFT frame needs {n_fft})")
     if np.max(np.abs(y)) < SILENCE_PEAK:
-        raise AudioError(f"{path}: is silent (peak below -80 dBFS)")
+        raise AudioError(f"{name}: is silent (peak below -80 dBFS)")
     return y.astype(np.float32)
 
 
@@ -369,7 +386,7 @@ def griffin_lim(log_spec, length, iters=50, n_fft=N_FFT, phase=None, momentum=0.
     spans = [(start * hop, min(length, (stop - 1) * hop)) for start, stop in bounds]
     spans[-1] = (spans[-1][0], length)
     out = np.zeros(length, np.float32)
-    angles = None
+    angles, previous_start = None, 0
     for (start, stop), (first, last), fade in zip(bounds, spans, crossfade_weights(spans)):
         start_phase = (phase(start, stop) if phase is not None
                        else rng.uniform(-np.pi, np.pi, (log_spec.shape[0], stop - start)))

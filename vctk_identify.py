@@ -10,7 +10,6 @@ is nearest in mean squared difference. PATH is VCTK 0.80 (wav48/) or 0.92
 speaker folders of .wav/.flac files. Prints the result as a row of the reference's table
 and writes the confusion matrix into output/ (or -output).
 """
-import argparse
 import math
 import os
 import resource
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 import utils
 from model import RandomCNN
-from train import OneLineParser, UsageError, number, pick_device, seed_number
+from cli import OneLineParser, UsageError, number, pick_device, seed_number
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 TILE_BYTES = 1 << 30  # the Gram tile of every utterance at once: the largest thing held

@@ -1,6 +1,5 @@
 """Long clips: segments and their seams, the style's statistics in blocks and of bounded
 rank, the default stopping rule, Griffin-Lim in chunks, and the memory estimate."""
-import os
 
 import numpy as np
 import pytest

@@ -114,17 +114,17 @@ def _rows(path):
 
 
 def test_ctrl_c_in_a_run_marks_its_row_and_exits_130(tmp_path, monkeypatch, capsys):
-    """Ctrl-C in the second weight's optimisation: transfer() then returns what the
-    spectrogram reached and says it was interrupted; that point is written, marked, and
-    the sweep ends there with status 130 (it exited 0, the row unmarked)."""
-    real, calls = train.transfer, []
+    """Ctrl-C in the second weight's optimisation: it then returns what the spectrogram
+    reached and says it was interrupted; that point is written, marked, and the sweep
+    ends there with status 130 (it exited 0, the row unmarked)."""
+    real, calls = train.optimise_ensemble, []
 
     def second_interrupted(*a, **kw):
         calls.append(1)
         result = real(*a, **kw)
-        return (*result[:4], "interrupted (Ctrl-C): writing what the spectrogram has reached"
-                if len(calls) == 2 else result[4])
-    monkeypatch.setattr(train, "transfer", second_interrupted)
+        return (*result[:2], "interrupted (Ctrl-C): writing what the spectrogram has reached"
+                if len(calls) == 2 else result[2])
+    monkeypatch.setattr(train, "optimise_ensemble", second_interrupted)
     out = tmp_path / "out"
     code, stdout, _ = _sweep(["-content", MALE, "-style", FEMALE, "-weights", "1,2,3",
                               "-epochs", "2", "-griffin_lim_iters", "2", "-output", str(out)],

@@ -573,7 +573,7 @@ def test_ctrl_c_before_anything_is_written_leaves_no_folder(clips, tmp_path, cap
                                                             monkeypatch):
     def interrupted(*_, **__):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train, "transfer", interrupted)
+    monkeypatch.setattr(train, "optimise_ensemble", interrupted)
     content, style = clips
     code, stdout, err = _main(["-content", content, "-style", style,
                                "-output", str(tmp_path / "a" / "out")], capsys)
