@@ -64,7 +64,9 @@ def content_loss(gen_features, content_features, frames=None):
     frames = _frame_counts(gen_features, frames)
     # Summed into float64: L-BFGS compares successive losses, and float32's rounding at
     # the loss's size would hide the small changes near a flat start and end it early.
-    squared = (gen_features - content_features).pow(2).sum(dim=(1, 2, 3), dtype=torch.float64)
+    # Rows of T terms summed in float32 are exact enough; converting the maps whole to
+    # float64 would cost more than the sum itself.
+    squared = (gen_features - content_features).pow(2).sum(dim=3).double().sum(dim=(1, 2))
     return squared / (4 * C * H * frames)
 
 
@@ -99,39 +101,43 @@ def cheaper_style_form(gen_frames, style_frames, rows):
 
 
 class _TimeFormStyle(torch.autograd.Function):
-    """sum over the batch of ||A^T A||^2 - 2 sum_j s_j ||S_j^T A||^2, with the gradient
-    written out; S_j are the columns of S, s_j = +1 (or `signs`, for a target Gram that is
-    a difference, S diag(s) S^T).
+    """Per clip, ||c A^T A||^2 - 2 c sum_j s_j ||S_j^T A||^2: the style loss of A scaled by
+    sqrt(c) (c (B,) or None for 1), less its constant, with the gradient written out; S_j
+    are the columns of S, s_j = +1 (or `signs`, for a target Gram that is a difference,
+    S diag(s) S^T).
 
-    For A (B, N, Tg) and the style S (N, Ts): [A S]^T A stacks P = A^T A over Q = S^T A,
-    one matrix product; the gradient 4 A P - 4 S diag(s) Q = 4 [A S] [P; -diag(s) Q] is
-    one more. Autograd would spend three products on the same, as it cannot see that P
-    is symmetric.
+    For A (B, N, Tg) and the style S (N, Ts): P = A^T A and Q = S^T A are two products;
+    the gradient 4 c^2 A P - 4 c S diag(s) Q is two more, the second added in place onto
+    the first. The scale c is applied to the small P and Q only, never to the N x Tg maps,
+    and autograd would spend three products on the same, as it cannot see that P is
+    symmetric.
     """
 
     @staticmethod
-    def forward(ctx, A, S, signs=None):
-        AS = torch.cat([A, S.expand(A.shape[0], -1, -1)], dim=2)  # (B, N, Tg + Ts)
-        PQ = AS.transpose(1, 2) @ A  # (B, Tg + Ts, Tg)
-        Tg = A.shape[2]
-        P, Q = PQ[:, :Tg], PQ[:, Tg:]
-        ctx.save_for_backward(AS, PQ)
-        ctx.Tg, ctx.signs = Tg, signs
+    def forward(ctx, A, S, signs=None, scale=None):
+        P = A.transpose(1, 2) @ A  # (B, Tg, Tg)
+        Q = S.T @ A  # (B, Ts, Tg)
+        ctx.save_for_backward(A, S, P, Q)
+        ctx.signs, ctx.scale = signs, scale
         # Summed in float64: the loss is a small difference of these large sums.
-        Q2 = Q.double().pow(2).sum(dim=2)  # (B, Ts)
+        Q2 = Q.pow(2).sum(dim=2).double()  # (B, Ts): sums of Tg terms, exact enough in float32
         Q2 = Q2.sum(dim=1) if signs is None else (Q2 * signs.double()).sum(dim=1)
-        return P.double().pow(2).sum(dim=(1, 2)) - 2 * Q2
+        P2 = P.pow(2).sum(dim=2).double().sum(dim=1)
+        if scale is None:
+            return P2 - 2 * Q2
+        c = scale.double()
+        return c * c * P2 - 2 * c * Q2
 
     @staticmethod
     def backward(ctx, grad_out):
-        AS, PQ = ctx.saved_tensors
-        PQ = PQ.clone()
-        if ctx.signs is None:
-            PQ[:, ctx.Tg:].neg_()
-        else:
-            PQ[:, ctx.Tg:] *= -ctx.signs.to(PQ.dtype).view(1, -1, 1)
-        grad_A = (4 * grad_out).to(AS.dtype).view(-1, 1, 1) * (AS @ PQ)
-        return grad_A, None, None
+        A, S, P, Q = ctx.saved_tensors
+        g = 4 * grad_out.to(A.dtype)
+        c = torch.ones_like(g) if ctx.scale is None else ctx.scale.to(A.dtype)
+        Q = Q * (-g * c).view(-1, 1, 1)
+        if ctx.signs is not None:
+            Q = Q * ctx.signs.to(A.dtype).view(1, -1, 1)
+        grad_A = S @ Q  # (B, N, Tg)
+        return grad_A.baddbmm_(A, P * (g * c * c).view(-1, 1, 1)), None, None, None
 
 
 class StyleGram:
@@ -199,14 +205,19 @@ class StyleGram:
         K = factor.double().T @ factor.double()
         return cls(C, H, frames, K.pow(2).sum(), factor=factor)
 
-    def corrected(self, own, whole):
+    def corrected(self, own, whole, rank=None):
         """The target a segment is refined toward: this Gram plus the segment's own Gram
         `own` (N, L) minus `whole`, the whole clip's StyleGram, as a signed factor
         [S, own, whole] diag(+, +, -). At the segment's present state its residual is
-        then the whole clip's, so each segment answers for the clip (see train.py)."""
+        then the whole clip's, so each segment answers for the clip (see train.py).
+        rank: cut it to its best approximation of this rank (by the size of its
+        eigenvalues, of either sign), as each loss evaluation costs in proportion to the
+        factor's columns and [S, own, whole] has far more than the style alone."""
         M = torch.cat([self.factor, own, whole.factor], dim=1)
         signs = torch.cat([torch.ones(self.rank + own.shape[1]), -torch.ones(whole.rank)])
         signs = signs.to(M.device)
+        if rank is not None and M.shape[1] > rank:
+            M, signs = _top_signed_directions(M, signs, rank)
         K = M.double().T @ M.double()  # ||M s M^T||^2 = sum_ij s_i s_j (M^T M)_ij^2
         squared_norm = (K.pow(2) * signs.double()[:, None] * signs.double()[None]).sum()
         return StyleGram(self.C, self.H, self.frames, squared_norm, factor=M, signs=signs)
@@ -228,6 +239,27 @@ def _top_directions(Z, keep, K=None):
     K = (Z.T @ Z).double() if K is None else K
     _, vectors = torch.linalg.eigh(K)  # ascending
     return Z @ vectors[:, -keep:].to(Z.dtype)
+
+
+def _top_signed_directions(M, signs, keep):
+    """(N, k) M and (k,) signs +-1 -> (Y, s), Y (N, keep): Y diag(s) Y^T the best rank-`keep`
+    approximation of the indefinite G = M diag(signs) M^T, its eigenvalues of largest size.
+
+    With K = M^T M = V D V^T, M = Q D^(1/2) V^T for Q = M V D^(-1/2) (orthonormal), so G =
+    Q B Q^T with B = D^(1/2) V^T diag(signs) V D^(1/2), k x k: G's eigenvalues are B's and
+    its eigenvectors Q times B's; nothing N x N is formed. K in float32 (the cost, N k^2),
+    its eigen-decompositions in float64; directions of M below 1e-6 of its largest, lost
+    to float32 anyway, are left out."""
+    K = (M.T @ M).double()
+    d, V = torch.linalg.eigh(K)
+    kept = d > d[-1] * 1e-6
+    d, V = d[kept], V[:, kept]
+    root = d.sqrt()
+    B = (V * root).T @ ((V * root) * signs.double()[:, None])
+    values, U = torch.linalg.eigh(B)
+    top = values.abs().argsort(descending=True)[:keep]
+    Y = M @ ((V / root) @ (U[:, top] * values[top].abs().sqrt())).to(M.dtype)
+    return Y, values[top].sign().to(signs.dtype)
 
 
 class StyleLoss(nn.Module):
@@ -279,16 +311,18 @@ class StyleLoss(nn.Module):
         _, C, H, _ = gen_features.shape
         frames = _frame_counts(gen_features, frames)
         A = gen_features.flatten(1, 2)  # (B, N, Tg)
-        W, weight = frames, None
+        W, weight, scale = frames, None, None  # the Gram is taken of A * sqrt(scale)
         if whole is not None:
             share = frames / whole if share is None else share
-            A = A / share.sqrt().view(-1, 1, 1)
+            scale = 1 / share
             W, weight = whole, share * whole / frames
         if self.normalize:
-            A = A / W.sqrt().view(-1, 1, 1)
+            scale = 1 / W if scale is None else scale / W
         if self.form == "time":
-            squared = _TimeFormStyle.apply(A, self.S, self.signs) + self.const  # float64
+            squared = _TimeFormStyle.apply(A, self.S, self.signs, scale) + self.const  # float64
         else:
+            if scale is not None:
+                A = A * scale.sqrt().view(-1, 1, 1)
             diff = A @ A.transpose(1, 2) - self.gram
             squared = diff.pow(2).sum(dim=(1, 2), dtype=torch.float64)
         loss = squared / (4 * C * C * H * W)

@@ -39,6 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 STYLE_BLOCK = 4096  # frames of style features computed at once: 134 MB at 8160 rows
 STYLE_RANK = 256  # columns of the style Gram's factor by default
+REFINE_RANK = 256  # columns of a refined segment's target (StyleGram.corrected)
 ADAM_BATCH_BYTES = 2 ** 30  # Adam's segments optimised together: their features within this
 BASE_BYTES = 700 * 2 ** 20  # the interpreter with torch, librosa and matplotlib loaded
 
@@ -131,10 +132,10 @@ def build_parser():
                    help="start from N(0,1)*1e-3 noise (the reference) or from the content")
     p.add_argument("-tol", type=number(float, 0), default=None,
                    help="stop when the total loss falls by less than this fraction "
-                        "over -tol_window iterations; 0 runs all -epochs (default: 0.002 "
+                        "over -tol_window iterations; 0 runs all -epochs (default: 0.005 "
                         "for lbfgs, where the loss is flat long before its budget; 0 for "
                         "adam, as the reference)")
-    p.add_argument("-tol_window", type=number(int, 1), default=30)
+    p.add_argument("-tol_window", type=number(int, 1), default=20)
     p.add_argument("-print_interval", type=number(int, 1), default=None,
                    help="print the losses every this many iterations of a clip optimised "
                         "whole (default: a tenth of the run); segments show on the bar only")
@@ -933,7 +934,8 @@ def refine(content_specs, plans, results, shares, gram, style_net, rank, device,
             with torch.no_grad():
                 own = style_net(torch.as_tensor(results[item]).to(device)[None])
             own = own.flatten(1, 2)[0] / shares[item] ** 0.5
-            if not optimise_group([item], gram.corrected(own, whole), [results[item]]):
+            target = gram.corrected(own, whole, REFINE_RANK)
+            if not optimise_group([item], target, [results[item]]):
                 return False
     return True
 
@@ -1061,7 +1063,7 @@ def check_memory(args, contents, style):
 
 
 DEFAULT_EPOCHS = {"adam": 20000, "lbfgs": 300}
-DEFAULT_TOL = {"adam": 0, "lbfgs": 0.002}
+DEFAULT_TOL = {"adam": 0, "lbfgs": 0.005}
 
 
 def settle_defaults(args):

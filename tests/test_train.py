@@ -207,8 +207,11 @@ def test_batch_equals_one_by_one(tone, kernel, style_kernel):
         batch.step()
         for t in alone:
             t.step()
+    # float32 rounding differs with the padded length; Adam divides each step by the
+    # gradient's running size, so where a gradient is near zero that rounding can move an
+    # element by a fraction of the step size (lr 1e-3 here): hence atol 5e-5, not 1e-6
     for together, single in zip(batch.result(), alone):
-        np.testing.assert_allclose(together, single.result()[0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(together, single.result()[0], rtol=1e-4, atol=5e-5)
 
 
 def test_the_loss_falls(tone):
