@@ -347,6 +347,12 @@ def growth(content, style, lengths=(2, 4, 8, 16, 32)):
         previous = ours
 
 
+# ../shared/dev-speech: 5-9 s sentences of three readers, each against a 4 s clip of
+# another (cross-sex, same-sex, cross-sex)
+DEV_SENTENCES = [("1688-142285-0007", "367-130732-0001"), ("1998-15444-0003", "533-1066-0009"),
+                 ("533-1066-0004", "2033-164914-0004")]
+
+
 def real_lengths(which, folder, reference_audio):
     audio = lambda name: os.path.join(reference_audio, name)
     if "short" in which:
@@ -357,6 +363,14 @@ def real_lengths(which, folder, reference_audio):
         y = utils.load_audio(audio("boy.wav"))
         utils.save_wav(twice, np.concatenate([y, y]))
         side_by_side("7-second sentence", twice, audio("girl.wav"), judge=True)
+    if "dev" in which:  # real read sentences of other speakers (LibriSpeech readers)
+        speech = lambda name: os.path.join(os.path.dirname(reference_audio), "dev-speech",
+                                           name.split("-")[0], name + ".flac")
+        for content, style in DEV_SENTENCES:
+            print(f"\nreal sentence: {content} -> {style}, "
+                  f"{len(utils.load_audio(speech(content))) / utils.SAMPLE_RATE:.1f} s / "
+                  f"{len(utils.load_audio(speech(style))) / utils.SAMPLE_RATE:.1f} s")
+            train_run("default", speech(content), speech(style), judge=True)
     if "music" in which:
         side_by_side("10-second music", audio("stairway.wav"), audio("nightcall.wav"))
     if "growth" in which:
@@ -399,7 +413,7 @@ def main():
     p.add_argument("-budget", type=float, default=None,
                    help="seconds per setting with -target (default: 600)")
     p.add_argument("-lengths", default="",
-                   help="comma-separated: short, sentence, music, growth, loop, huge: whole "
+                   help="comma-separated: short, sentence, dev, music, growth, loop, huge: whole "
                         "train.py runs at real lengths, default against -exact (the whole-"
                         "clip path of before), on the CPU; skips the other sections")
     p.add_argument("-reference_audio", default=os.path.join(HERE, "..", "shared",

@@ -40,6 +40,7 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 STYLE_BLOCK = 4096  # frames of style features computed at once: 134 MB at 8160 rows
 STYLE_RANK = 256  # columns of the style Gram's factor by default
 REFINE_RANK = 256  # columns of a refined segment's target (StyleGram.corrected)
+FIRST_PASS_TOL = 3  # times -tol: where a first pass over segments stops when a second follows
 ADAM_BATCH_BYTES = 2 ** 30  # Adam's segments optimised together: their features within this
 BASE_BYTES = 700 * 2 ** 20  # the interpreter with torch, librosa and matplotlib loaded
 
@@ -132,9 +133,10 @@ def build_parser():
                    help="start from N(0,1)*1e-3 noise (the reference) or from the content")
     p.add_argument("-tol", type=number(float, 0), default=None,
                    help="stop when the total loss falls by less than this fraction "
-                        "over -tol_window iterations; 0 runs all -epochs (default: 0.005 "
+                        "over -tol_window iterations; 0 runs all -epochs (default: 0.003 "
                         "for lbfgs, where the loss is flat long before its budget; 0 for "
-                        "adam, as the reference)")
+                        "adam, as the reference); a first pass over segments, which a "
+                        "second refines, stops at 3 times it")
     p.add_argument("-tol_window", type=number(int, 1), default=20)
     p.add_argument("-print_interval", type=number(int, 1), default=None,
                    help="print the losses every this many iterations of a clip optimised "
@@ -862,7 +864,7 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
     results, histories, stops, why = {}, {}, collections.Counter(), None
     evaluations, begun, ran = 0, time.perf_counter(), 0
 
-    def optimise_group(group, style, initial):
+    def optimise_group(group, style, initial, tol=args.tol):
         nonlocal evaluations, why, ran
         t = make_transfer(args, [content_specs[c][:, a:b] for c, a, b in group], style,
                           device, seed, nets=nets,
@@ -873,7 +875,7 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
                 f" frames in {len(items)} segment(s), style {style_spec.shape[1]} frames "
                 f"(rank {gram.rank}), on {device}, style loss in {t.style_loss.form} form")
         history, done, seconds, why = optimise(
-            t, args.epochs, print_every, args.plot_interval, args.tol, args.tol_window,
+            t, args.epochs, print_every, args.plot_interval, tol, args.tol_window,
             progress, bar, offset=ran * args.epochs, quiet=len(items) > 1)
         evaluations, ran = evaluations + done, ran + len(group)
         for j, item in enumerate(group):
@@ -886,7 +888,10 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
 
     try:
         for group in work_groups(args, items):
-            if not optimise_group(group, gram, [starts[c][:, a:b] for c, a, b in group]):
+            # a first pass that a later one refines is only its start: it stops sooner
+            looser = passes > 1 and all(len(plans[c]) > 1 for c, _, _ in group)
+            if not optimise_group(group, gram, [starts[c][:, a:b] for c, a, b in group],
+                                  args.tol * FIRST_PASS_TOL if looser else args.tol):
                 break
         else:
             for _ in range(passes - 1):
@@ -1063,7 +1068,7 @@ def check_memory(args, contents, style):
 
 
 DEFAULT_EPOCHS = {"adam": 20000, "lbfgs": 300}
-DEFAULT_TOL = {"adam": 0, "lbfgs": 0.005}
+DEFAULT_TOL = {"adam": 0, "lbfgs": 0.003}
 
 
 def settle_defaults(args):
