@@ -322,7 +322,8 @@ def per_evaluation(content_spec, style_spec, options, short=2, long=8):
     options: VoiceTransfer's, over the defaults."""
     seconds = []
     for evaluations in (short, short, long):  # the first warms up, and is not counted
-        vt = train.VoiceTransfer(device="cpu", epochs=evaluations, tol=0, passes=1, **options)
+        vt = train.VoiceTransfer(device="cpu", epochs=evaluations, tol=0, passes=1,
+                                 print_interval=evaluations + 1, **options)  # no step lines
         start = time.perf_counter()
         vt.optimise([content_spec], style_spec, progress=False)
         seconds.append(time.perf_counter() - start)

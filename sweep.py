@@ -183,7 +183,6 @@ def run(args, parser):
     args.content = args.content[0]
     seeds = args.seeds or [args.seed]
     train.check_seeds(seeds, args.ensemble)
-    args.style_weight = args.weights[0]  # each point sets its own
     vt = train.VoiceTransfer.from_settings(args)
     content = vt.load(args.content)  # both checked before any work
     style = vt.load(args.style)

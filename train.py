@@ -1123,7 +1123,10 @@ class Result:
             paths = write_outputs(out_dir, name, self.audio, self.content_spectrogram,
                                   self.style_spectrogram, self.spectrogram, runs, 0,
                                   self.settings, written)
-            settings = argparse.Namespace(**{**vars(self.settings), "style": self.style})
+            # from Python the settings hold no clips: the record's rerun names this one's
+            clips = {"content": [self.content] if self.content else None, "style": self.style}
+            settings = argparse.Namespace(**{**clips, **{k: v for k, v in vars(
+                self.settings).items() if v is not None or k not in clips}})
             written.append(report.write_record(paths[0], report.run_record(
                 settings, self.content, runs, 0, self.why, self.device, self.seconds)))
         return paths + written[-1:]
@@ -1141,20 +1144,20 @@ class VoiceTransfer:
     """
 
     def __init__(self, preset=None, **options):
-        self.settings = parse_options(preset, options)
-        settle_defaults(self.settings)
-        check_seeds([self.settings.seed], self.settings.ensemble)
-        self.device = pick_device(self.settings.device)
+        self.use(parse_options(preset, options))
 
     @classmethod
     def from_settings(cls, settings):
         """The object for a parsed command line (train.py's or sweep.py's namespace)."""
         vt = cls.__new__(cls)
-        vt.settings = settings
+        vt.use(settings)
+        return vt
+
+    def use(self, settings):
+        """Run with `settings`, a namespace of train.py's flags, its defaults settled."""
         settle_defaults(settings)
         check_seeds([settings.seed], settings.ensemble)
-        vt.device = pick_device(settings.device)
-        return vt
+        self.settings, self.device = settings, pick_device(settings.device)
 
     def load(self, audio):
         """(samples,) float32 mono at utils.SAMPLE_RATE (22050 Hz) from a path (any format
