@@ -107,10 +107,9 @@ class _TimeFormStyle(torch.autograd.Function):
     S diag(s) S^T).
 
     For A (B, N, Tg) and the style S (N, Ts): P = A^T A and Q = S^T A are two products;
-    the gradient 4 c^2 A P - 4 c S diag(s) Q is two more, the second added in place onto
-    the first. The scale c is applied to the small P and Q only, never to the N x Tg maps,
-    and autograd would spend three products on the same, as it cannot see that P is
-    symmetric.
+    the gradient 4 c^2 A P - 4 c S diag(s) Q is two more, the first added in place onto
+    the second. c scales the small P and Q only, never the N x Tg maps. Autograd would
+    spend three products on the gradient, as it cannot see that P is symmetric.
     """
 
     @staticmethod

@@ -1084,7 +1084,7 @@ def settle_defaults(args):
 
 # ------------------------------------------------------------------------------ the Python API
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # arrays have no one truth value to compare by
 class Result:
     """One content clip's transfer, as VoiceTransfer.transfer returns it.
 
@@ -1099,13 +1099,13 @@ class Result:
     seconds: wall time from loading the clips to this result's audio
     content, style: the clips' paths, or None where they were given as arrays
     """
-    audio: np.ndarray
-    spectrogram: np.ndarray
-    content_spectrogram: np.ndarray
-    style_spectrogram: np.ndarray
-    history: list
+    audio: np.ndarray = dataclasses.field(repr=False)  # the repr says what it is, briefly
+    spectrogram: np.ndarray = dataclasses.field(repr=False)
+    content_spectrogram: np.ndarray = dataclasses.field(repr=False)
+    style_spectrogram: np.ndarray = dataclasses.field(repr=False)
+    history: list = dataclasses.field(repr=False)
     why: str
-    settings: argparse.Namespace
+    settings: argparse.Namespace = dataclasses.field(repr=False)
     seconds: float
     content: str = None
     style: str = None
@@ -1113,9 +1113,10 @@ class Result:
     sample_rate: int = utils.SAMPLE_RATE
 
     def save(self, path, written=None):
-        """Write the audio to `path` (a .wav) and beside it what train.py writes with it:
-        the spectrogram and loss pictures and the record <name>.json. Each file appears
-        whole or not at all, added to `written` as it does. Returns the paths."""
+        """Write the audio to `path` as a wav (its extension made .wav) and beside it what
+        train.py writes with it: the spectrogram and loss pictures and the record
+        <name>.json. Each file appears whole or not at all, added to `written` as it does.
+        Returns the paths."""
         out_dir, name = os.path.split(os.path.splitext(path)[0])
         runs = [(seed, [points]) for seed, points in self.history]
         written = written if written is not None else []
@@ -1179,9 +1180,10 @@ class VoiceTransfer:
         return optimise_ensemble(self.settings, content_specs, style_spec, self.device,
                                  progress)
 
-    def vocode(self, spectrogram, content_audio):
-        """(samples,) audio of the (F, T) `spectrogram`, as long as `content_audio`."""
-        return vocode(spectrogram, content_audio, self.settings, self.device)
+    def vocode(self, spectrogram, content_audio, name="result"):
+        """(samples,) audio of the (F, T) `spectrogram`, as long as `content_audio`; `name`
+        is what a note or error about it calls it."""
+        return vocode(spectrogram, content_audio, self.settings, self.device, name)
 
     def transfer(self, content, style, progress=True):
         """Say `content` in the voice of `style`, each as load() takes it; `content` may be
@@ -1210,7 +1212,8 @@ class VoiceTransfer:
                     continue
                 path = os.fspath(clip) if isinstance(clip, (str, os.PathLike)) else None
                 results.append(Result(
-                    self.vocode(spec, audio), spec, content_specs[i], style_spec,
+                    self.vocode(spec, audio, path or f"clip {i + 1}"), spec, content_specs[i],
+                    style_spec,
                     [(seed, [(int(step), float(c), float(s)) for step, c, s in curves[i]])
                      for seed, curves in runs], why, self.settings,
                     time.perf_counter() - started, path,

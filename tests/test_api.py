@@ -45,6 +45,8 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch, capsys):
     record = report.read_record(str(tmp_path / "output" / "male_as_female_w2.wav"))
     assert record["content"] == str(tmp_path / "input" / "male.wav")
     assert record["settings"]["style_weight"] == 2 and record["stopped"] == result.why
+    # the rerun names the clips the settings from Python did not hold
+    assert "-content input/male.wav -style input/female.wav" in record["rerun"]
     assert result.spectrogram.shape == result.content_spectrogram.shape
 
 

@@ -279,6 +279,31 @@ def test_a_corrected_target_is_the_style_plus_the_segment_less_the_whole():
     torch.testing.assert_close(A64.grad, A_ref.grad, rtol=1e-10, atol=1e-12)
 
 
+def test_a_corrected_target_cut_to_a_rank_is_its_best_signed_approximation():
+    """Cut to rank k, the target M diag(s) M^T keeps its k eigenvalues of largest size, of
+    either sign: the squared error left is the sum of the others' squares, the least any
+    rank-k matrix leaves (Eckart-Young for a symmetric matrix), and its constant is the
+    cut target's own squared norm, so the loss stays a squared distance."""
+    rng = np.random.default_rng(7)
+    style = torch.tensor(rng.standard_normal((1, 2, 20, 12)))  # N = 40 rows
+    own, whole = (torch.tensor(rng.standard_normal((40, n))) for n in (9, 15))
+    whole_gram = StyleGram.from_features(whole.reshape(1, 2, 20, 15))
+    full = StyleGram.from_features(style).corrected(own, whole_gram)
+    cut = StyleGram.from_features(style).corrected(own, whole_gram, rank=10)
+    G = (full.factor * full.signs) @ full.factor.T
+    values = torch.linalg.eigvalsh(G)
+    by_size = values[values.abs().argsort(descending=True)]
+    G10 = (cut.factor * cut.signs) @ cut.factor.T
+    assert cut.factor.shape == (40, 10)
+    assert ((G - G10) ** 2).sum().item() == pytest.approx((by_size[10:] ** 2).sum().item(),
+                                                         rel=1e-8)
+    assert sorted(cut.signs.tolist()) == sorted(by_size[:10].sign().tolist())
+    assert cut.squared_norm.item() == pytest.approx((by_size[:10] ** 2).sum().item(), rel=1e-8)
+    # a rank above the factor's columns leaves it whole
+    same = StyleGram.from_features(style).corrected(own, whole_gram, rank=100)
+    assert torch.equal(same.factor, full.factor)
+
+
 def test_a_second_pass_brings_segments_closer_to_the_whole_clip_objective(pair):
     """The whole clip's reference loss of a two-pass result is below the one-pass one."""
     content, style = pair
