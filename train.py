@@ -41,6 +41,7 @@ STYLE_BLOCK = 4096  # frames of style features computed at once: 134 MB at 8160 
 STYLE_RANK = 256  # columns of the style Gram's factor by default
 REFINE_RANK = 256  # columns of a refined segment's target (StyleGram.corrected)
 FIRST_PASS_TOL = 3  # times -tol: where a first pass over segments stops when a second follows
+LONGER_STYLE = 2  # a style this many times the content's length gets a note (see -normalize_gram)
 ADAM_BATCH_BYTES = 2 ** 30  # Adam's segments optimised together: their features within this
 BASE_BYTES = 700 * 2 ** 20  # the interpreter with torch, librosa and matplotlib loaded
 
@@ -977,6 +978,14 @@ def transfer(args, contents, style, device, progress=True):
 
 def optimise_ensemble(args, content_specs, style_spec, device, progress=True):
     """transfer() on the spectrograms: (generated, runs, why)."""
+    longer = style_spec.shape[1] / min(spec.shape[1] for spec in content_specs)
+    if longer > LONGER_STYLE and not args.normalize_gram:
+        # the reference's Grams are sums over frames, not means: a shorter clip can only
+        # match a longer style's by growing louder, and far enough it overflows
+        log(f"the style is {longer:.0f} times as long as the content: the reference's "
+            f"objective then asks for a result about {longer ** 0.5:.0f} times as loud in "
+            f"its features, which can run out of range; -normalize_gram compares Grams "
+            f"per frame, or give a style as long as the content")
     results, runs = [], []
     for seed in range(args.seed, args.seed + args.ensemble):
         if args.ensemble > 1:

@@ -321,3 +321,17 @@ def test_a_second_pass_brings_segments_closer_to_the_whole_clip_objective(pair):
         _, _, generated, _, _ = train.transfer(args, [y], s, CPU, progress=False)
         losses.append(whole_clip_loss(generated[0]))
     assert losses[1] < losses[0]
+
+
+def test_a_style_far_longer_than_the_content_gets_a_note(tone, capsys):
+    """The reference's Grams are sums over frames: a content clip a third of the style's
+    length is asked to be louder to match, which past some ratio overflows (a 1-minute clip
+    against a 30-minute style reached log magnitudes of 57). The run says so, and points to
+    -normalize_gram, which compares per-frame Grams; a style of similar length says nothing."""
+    content, style = tone(0.3, f0=110), tone(1.0, f0=230, seed=1)
+    for extra, noted in (((), True), (("-normalize_gram",), False)):
+        args = _args("-epochs", "1", *extra)
+        train.transfer(args, [content], style, CPU, progress=False)
+        assert ("times as long as the content" in capsys.readouterr().err) == noted
+    train.transfer(_args("-epochs", "1"), [content], tone(0.5, f0=230), CPU, progress=False)
+    assert "times as long" not in capsys.readouterr().err
