@@ -96,7 +96,7 @@ def final_losses(runs, index):
     """One dict per random CNN that ran: its seed, iterations done and the weighted content
     and style losses of clip `index` at its last recorded step.
 
-    runs: list of (seed, curves) as train.transfer returns them; curves[index] the clip's
+    runs: list of (seed, curves) as train.optimise_ensemble returns them; curves[index] the clip's
     loss curve, [(step, content, style)], whose last entry is its last step (for a clip
     optimised in segments: the longest-running segment's, the losses weighted over them).
     """

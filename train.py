@@ -701,7 +701,7 @@ def write_outputs(out_dir, name, audio, content_spec, style_spec, generated, run
     """Everything one clip's result is written as; each file appears whole or not at all,
     and is added to `written` as soon as it is there. Returns output_paths().
 
-    audio: vocode()'s; runs: (seed, curves) per random CNN, as transfer() returns them,
+    audio: vocode()'s; runs: (seed, curves) per random CNN, as optimise_ensemble() gives,
     curves[index] this clip's; the loss picture has the curves of each.
     """
     paths = output_paths(out_dir, name, args)
@@ -958,26 +958,17 @@ def average_magnitudes(log_specs):
     return np.log1p(np.mean([np.expm1(s) for s in log_specs], axis=0)).astype(np.float32)
 
 
-def transfer(args, contents, style, device, progress=True):
-    """The whole optimisation `args` ask for, from the clips' audio: -ensemble runs, one
-    after another, each with its own random CNN (VoiceTransfer's spectrograms() and
-    optimise() in one call, on a namespace of flags).
-
-    Returns (content_specs, style_spec, generated, runs, why): generated holds one log
-    spectrogram per content clip (the ensemble's average, then -follow_loudness: what
-    Griffin-Lim will invert; None for a clip Ctrl-C stopped before it began, shorter
-    than the clip for one it stopped inside); runs one (seed, curves) per random CNN
-    that ran, curves holding each clip's [(step, content, style)]; why says how the last
-    one stopped. Ctrl-C keeps the random CNNs that finished; only when none did, what
-    the interrupted one reached.
-    """
-    content_specs, style_spec = input_spectrograms(args, contents, style)
-    return (content_specs, style_spec,
-            *optimise_ensemble(args, content_specs, style_spec, device, progress))
-
-
 def optimise_ensemble(args, content_specs, style_spec, device, progress=True):
-    """transfer() on the spectrograms: (generated, runs, why)."""
+    """The whole optimisation `args` ask for, on the content clips' log spectrograms (F, T)
+    and the style's: -ensemble runs, one after another, each with its own random CNN.
+
+    Returns (generated, runs, why): generated holds one log spectrogram per content clip
+    (the ensemble's average, then -follow_loudness: what Griffin-Lim will invert; None for
+    a clip Ctrl-C stopped before it began, shorter than the clip for one it stopped
+    inside); runs one (seed, curves) per random CNN that ran, curves holding each clip's
+    [(step, content, style)]; why says how the last one stopped. Ctrl-C keeps the random
+    CNNs that finished; only when none did, what the interrupted one reached.
+    """
     longer = style_spec.shape[1] / min(spec.shape[1] for spec in content_specs)
     if longer > LONGER_STYLE and not args.normalize_gram:
         # the reference's Grams are sums over frames, not means: a shorter clip can only
@@ -1185,7 +1176,7 @@ class VoiceTransfer:
 
     def optimise(self, content_specs, style_spec, progress=True):
         """The -ensemble random CNNs' optimisation (F, T) per content clip: (generated,
-        runs, why) as transfer() returns them."""
+        runs, why) as optimise_ensemble() returns them."""
         return optimise_ensemble(self.settings, content_specs, style_spec, self.device,
                                  progress)
 

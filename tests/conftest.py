@@ -50,3 +50,12 @@ def bad_files(tmp_path):
     sf.write(nan, samples, 16000, subtype="FLOAT")
     cases["nan"] = (nan, "NaN")
     return cases
+
+
+def optimise(args, contents, style):
+    """train.py's optimisation of `contents` against `style` (audio, as load_audio gives),
+    on the CPU, through VoiceTransfer's stages: (generated, runs, why)."""
+    import train  # here, not at the top: conftest is imported before any test needs torch
+    args.device = "cpu"
+    vt = train.VoiceTransfer.from_settings(args)
+    return vt.optimise(*vt.spectrograms(contents, style), progress=False)

@@ -8,6 +8,7 @@ import torch
 
 import train
 import utils
+from conftest import optimise
 from model import RandomCNN, StyleGram, StyleLoss, style_loss_textbook
 
 CPU = torch.device("cpu")
@@ -93,8 +94,8 @@ def test_one_segment_clips_are_bit_identical_to_exact(pair, tone):
     content, style = pair
     y, s = utils.load_audio(content), utils.load_audio(style)
     common = ["-content", content, "-style", style, "-epochs", "12", "-segment", "5"]
-    _, _, default, _, _ = train.transfer(_args(*common), [y], s, CPU, progress=False)
-    _, _, exact, _, _ = train.transfer(_args(*common, "-exact"), [y], s, CPU, progress=False)
+    default, _, _ = optimise(_args(*common), [y], s)
+    exact, _, _ = optimise(_args(*common, "-exact"), [y], s)
     assert np.array_equal(default[0], exact[0])
 
 
@@ -127,9 +128,9 @@ def test_lbfgs_batch_gives_each_clip_what_it_gets_alone(pair, tmp_path, tone):
     clips = [utils.load_audio(content), utils.load_audio(str(other))]
     s = utils.load_audio(style)
     args = _args("-epochs", "20", "-segment", "1")
-    _, _, together, _, _ = train.transfer(args, clips, s, CPU, progress=False)
+    together, _, _ = optimise(args, clips, s)
     for i, y in enumerate(clips):
-        _, _, alone, _, _ = train.transfer(args, [y], s, CPU, progress=False)
+        alone, _, _ = optimise(args, [y], s)
         assert np.array_equal(together[i], alone[0])
 
 
@@ -186,7 +187,7 @@ def test_the_default_stopping_rule_stops_a_converging_run(pair, capsys):
     args = _args("-content", content, "-style", style)
     assert args.tol is not None and args.epochs == 300
     y, s = utils.load_audio(content), utils.load_audio(style)
-    _, _, _, runs, why = train.transfer(args, [y], s, CPU, progress=False)
+    _, runs, why = optimise(args, [y], s)
     done = runs[0][1][0][-1][0]
     assert why.startswith("converged") and done < 300
     assert f"stopped at step {done}: converged" in capsys.readouterr().err
@@ -318,7 +319,7 @@ def test_a_second_pass_brings_segments_closer_to_the_whole_clip_objective(pair):
     losses = []
     for passes in ("1", "2"):
         args = _args("-segment", "0.6", "-overlap", "0.1", "-epochs", "60", "-passes", passes)
-        _, _, generated, _, _ = train.transfer(args, [y], s, CPU, progress=False)
+        generated, _, _ = optimise(args, [y], s)
         losses.append(whole_clip_loss(generated[0]))
     assert losses[1] < losses[0]
 
@@ -331,7 +332,7 @@ def test_a_style_far_longer_than_the_content_gets_a_note(tone, capsys):
     content, style = tone(0.3, f0=110), tone(1.0, f0=230, seed=1)
     for extra, noted in (((), True), (("-normalize_gram",), False)):
         args = _args("-epochs", "1", *extra)
-        train.transfer(args, [content], style, CPU, progress=False)
+        optimise(args, [content], style)
         assert ("times as long as the content" in capsys.readouterr().err) == noted
-    train.transfer(_args("-epochs", "1"), [content], tone(0.5, f0=230), CPU, progress=False)
+    optimise(_args("-epochs", "1"), [content], tone(0.5, f0=230))
     assert "times as long" not in capsys.readouterr().err

@@ -12,7 +12,7 @@ import torch
 
 import train
 import utils
-from conftest import ROOT
+from conftest import ROOT, optimise
 
 CPU = torch.device("cpu")
 
@@ -328,8 +328,7 @@ def test_ensemble_is_the_average_of_its_runs(clips, tmp_path, capsys):
         one = _ensemble_args(clips, tmp_path, "-seed", str(seed))
         train.settle_defaults(one)
         contents = [utils.load_audio(one.content[0])]
-        _, _, generated, runs, _ = train.transfer(one, contents, utils.load_audio(one.style),
-                                                  CPU, progress=False)
+        generated, runs, _ = optimise(one, contents, utils.load_audio(one.style))
         assert [seed for seed, _ in runs] == [seed]
         alone.append(generated[0])
     assert not np.allclose(alone[0], alone[1])
@@ -349,8 +348,7 @@ def test_ctrl_c_between_ensemble_runs_keeps_the_finished_ones(clips, tmp_path, m
         return made[-1]
     monkeypatch.setattr(train, "make_transfer", make_then_interrupt)
     contents = [utils.load_audio(args.content[0])]
-    _, _, generated, runs, why = train.transfer(args, contents, utils.load_audio(args.style),
-                                                CPU, progress=False)
+    generated, runs, why = optimise(args, contents, utils.load_audio(args.style))
     assert [seed for seed, _ in runs] == [0]
     assert why.startswith("interrupted (Ctrl-C)")
     np.testing.assert_array_equal(generated[0], made[0].result()[0])
@@ -607,8 +605,7 @@ def test_an_interrupted_ensemble_member_is_left_out(clips, tmp_path, monkeypatch
         return member
     monkeypatch.setattr(train, "make_transfer", make)
     contents = [utils.load_audio(args.content[0])]
-    _, _, generated, runs, why = train.transfer(args, contents, utils.load_audio(args.style),
-                                                CPU, progress=False)
+    generated, runs, why = optimise(args, contents, utils.load_audio(args.style))
     assert len(made) == 2 and [seed for seed, _ in runs] == [0]
     assert why.startswith("interrupted (Ctrl-C)")
     assert "random CNN 2 was cut short: left out, the average is of the 1 that finished" in \
