@@ -25,6 +25,7 @@ import argparse
 import csv
 import os
 import sys
+import time
 
 import evaluate
 import report
@@ -160,10 +161,12 @@ def point_name(c_name, s_name, weight, seed, several_seeds):
     return name + f"_seed{seed}" if several_seeds else name
 
 
-def sweep_point(vt, content, style, encoder, stem, name):
+def sweep_point(vt, content, style, content_audio, style_audio, encoder, stem, name):
     """One transfer at the style weight and seed vt.settings holds, written and measured:
-    its row. content, style: the clips' paths."""
-    result = vt.transfer(content, style, progress=False)
+    its row. content, style: the clips' paths; content_audio, style_audio: their samples as
+    vt.load gave them, loaded once for the whole sweep."""
+    result = vt.results([content], [content_audio], style, style_audio, time.perf_counter(),
+                        progress=False)[0]
     wav = result.save(os.path.join(stem, name + ".wav"))[0]
     measured = evaluate.evaluate(content, style, [wav], encoder=encoder)[0]
     report.add_measures(wav, measured, content, style)
@@ -186,6 +189,7 @@ def run(args, parser):
     vt = train.VoiceTransfer.from_settings(args)
     content = vt.load(args.content)  # both checked before any work
     style = vt.load(args.style)
+    train.check_memory(args, [content], style)
     encoder = evaluate.load_encoder()  # fails here, before any work, if it is not installed
     c_name = os.path.splitext(os.path.basename(args.content))[0]
     s_name = os.path.splitext(os.path.basename(args.style))[0]
@@ -205,7 +209,8 @@ def run(args, parser):
         try:
             for w, seed, name in points:
                 args.style_weight, args.seed = w, seed
-                rows.append(sweep_point(vt, args.content, args.style, encoder, stem, name))
+                rows.append(sweep_point(vt, args.content, args.style, content, style,
+                                        encoder, stem, name))
                 r = rows[-1]
                 print(f"{weight_text(w):>8} {seed:>5} {r['margin']:+7.3f} {r['stoi']:6.3f} "
                       f"{r['sim_style']:9.3f} {r['sim_content']:11.3f} {r['seconds']:7.1f}"
