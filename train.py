@@ -41,6 +41,7 @@ STYLE_BLOCK = 4096  # frames of style features computed at once: 134 MB at 8160 
 STYLE_RANK = 256  # columns of the style Gram's factor by default
 REFINE_RANK = 256  # columns of a refined segment's target (StyleGram.corrected)
 FIRST_PASS_TOL = 3  # times -tol: where a first pass over segments stops when a second follows
+OVERFLOW_RETRIES = 5  # L-BFGS steps back from an overflowing trial point this often in a row
 LONGER_STYLE = 2  # a style this many times the content's length gets a note (see -normalize_gram)
 ADAM_BATCH_BYTES = 2 ** 30  # Adam's segments optimised together: their features within this
 BASE_BYTES = 700 * 2 ** 20  # the interpreter with torch, librosa and matplotlib loaded
@@ -372,6 +373,7 @@ class Transfer:
                                     normalize=normalize_gram).to(device)
 
         self.optimizer_name = optimizer
+        self.kept = None  # L-BFGS: the losses of the point it ended at, its best
         if optimizer == "adam":
             self.optimizer = torch.optim.Adam([self.spec], lr=learning_rate or 1e-3,
                                               capturable=device.type == "cuda")
@@ -423,30 +425,61 @@ class Transfer:
     def _run_lbfgs(self, iterations, observe):
         # One optimizer.step() holds all iterations: each new call would spend an extra
         # evaluation on the point the line search has just evaluated.
-        self.optimizer.param_groups[0].update(max_iter=iterations, max_eval=iterations)
-        count = 0
+        count, best, overflows = 0, None, 0
 
         def closure():
-            nonlocal count
+            nonlocal count, best, overflows
             self.optimizer.zero_grad()
             content, style = self.losses()
             total = (content + style).sum()
-            total.backward()
             count += 1
+            if not torch.isfinite(total):
+                if best is None or overflows >= OVERFLOW_RETRIES:
+                    raise not_finite(count, content.detach().sum(), style.detach().sum(),
+                                     f", {overflows} times after stepping back" if overflows
+                                     else "")
+                raise _Overflow
+            total.backward()
+            if best is None or total < best[0]:
+                best = (total.detach(), self.spec.detach().clone(), content.detach(),
+                        style.detach())
+                overflows = 0
             observe(count, content.detach(), style.detach())
             if count >= iterations:
                 raise _Budget
             return total
-        try:
-            self.optimizer.step(closure)
-        except BaseException as stop:  # the budget, the stopping rule or Ctrl-C
-            # Stopped inside a line search: the history is half-updated, so drop it; a
-            # later run() starts L-BFGS afresh from where the spectrogram is.
+
+        def back_to_best():
             self.optimizer.state.clear()
-            if isinstance(stop, _Budget):
-                return False
-            raise
-        return True
+            with torch.no_grad():
+                self.spec.copy_(best[1])
+            self.kept = best[2:]
+        while True:
+            left = iterations - count
+            self.optimizer.param_groups[0].update(max_iter=left, max_eval=left)
+            try:
+                self.optimizer.step(closure)
+            except _Overflow:
+                # A line search tried a step so long that the loss overflowed (from a
+                # noise start the first losses are 1e5 times the last, and L-BFGS
+                # extrapolates). Such a point is never taken, but its NaN gradient would
+                # poison the search: step back to the best point and start L-BFGS afresh,
+                # whose first step is a short gradient step.
+                overflows += 1
+                back_to_best()
+                continue
+            except BaseException as stop:  # the budget, the stopping rule or Ctrl-C
+                # Stopped inside a line search, at a trial point that may be far worse
+                # (the stopping rule sees a loss that rose as one that stopped falling):
+                # keep the best point instead. The history is half-updated, so it goes; a
+                # later run() starts L-BFGS afresh from the point kept.
+                if best is not None:
+                    back_to_best()
+                if isinstance(stop, _Budget):
+                    return False
+                raise
+            back_to_best()
+            return True
 
     def result(self):
         """The generated log spectrograms, each cut back to its clip's length."""
@@ -458,6 +491,10 @@ class _Budget(Exception):
     """Raised inside the L-BFGS closure once the evaluation budget is spent."""
 
 
+class _Overflow(Exception):
+    """Raised inside the L-BFGS closure at a trial point whose loss is not finite."""
+
+
 class Converged(Exception):
     """The stopping rule fired; the message says why."""
 
@@ -465,6 +502,13 @@ class Converged(Exception):
 class NonFiniteLoss(UsageError):
     """The loss, or the spectrogram, overflowed or became NaN: settings too large for
     float arithmetic. Going on could only end in a Griffin-Lim of NaNs."""
+
+
+def not_finite(step, content, style, why="", gpu=False):
+    when = f"by step {step}" if gpu else f"at step {step}"
+    return NonFiniteLoss(f"the loss is not finite {when} (content {float(content):.4g}, "
+                         f"style {float(style):.4g}){why}: lower -content_weight, "
+                         f"-style_weight or -learning_rate")
 
 
 def graphed(step):
@@ -535,10 +579,7 @@ class Monitor:
         c, s = float(content.sum()), float(style.sum())
         if not (math.isfinite(c) and math.isfinite(s)):  # a sum is finite if each loss is
             self.bar.close()
-            when = f"by step {i}" if self.on_gpu else f"at step {i}"
-            raise NonFiniteLoss(f"the loss is not finite {when} (content {c:.4g}, style "
-                                f"{s:.4g}): lower -content_weight, -style_weight or "
-                                f"-learning_rate")
+            raise not_finite(i, c, s, gpu=self.on_gpu)
         if not shown:
             return
         self.bar.set_postfix(content=f"{c:.4g}", style=f"{s:.4g}", total=f"{c + s:.4g}",
@@ -560,6 +601,12 @@ class Monitor:
         """Add the latest losses to the curve (once per iteration)."""
         if self.last is not None and (not self.history or self.history[-1][0] != self.done):
             self.history.append((self.done, *(x.cpu().numpy().copy() for x in self.last)))
+
+    def end_at(self, losses):
+        """The losses of the point the optimiser kept, in place of the last evaluated."""
+        self.last = losses
+        if self.history and self.history[-1][0] == self.done:
+            self.history.pop()
 
     def close(self):
         self.record()
@@ -591,6 +638,11 @@ def optimise(transfer, epochs, print_interval=1000, plot_interval=100, tol=None,
         why = f"converged: {e}"
     except KeyboardInterrupt:
         why = "interrupted (Ctrl-C): writing what the spectrogram has reached"
+    except NonFiniteLoss:  # the error's line must not share its line with the bar
+        monitor.bar.close()
+        raise
+    if transfer.kept is not None:  # the curve ends at the point kept, not the last tried
+        monitor.end_at(transfer.kept)
     if on_gpu:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

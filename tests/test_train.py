@@ -300,6 +300,52 @@ def test_lbfgs_from_noise_is_not_stopped_by_float32_rounding(tone):
     assert seen[-1] < 0.01 * seen[0]
 
 
+def test_lbfgs_steps_back_from_a_trial_point_that_overflows(tone):
+    """A 1-minute clip against a 3-minute style stopped in a segment's 27th evaluation:
+    a line search's trial step from the noise start overflowed. Such a point is never
+    taken; L-BFGS steps back to the best point and goes on. Here two evaluations are
+    made to overflow, as that trial did."""
+    content = utils.log_spectrogram(tone(1.0, f0=110))
+    style = utils.log_spectrogram(tone(1.5, f0=240, seed=1))
+    t = _transfer([content], style, optimizer="lbfgs", style_weight=30, seed=1)
+    losses, points = t.losses, []
+
+    def overflowing():
+        points.append(t.spec.detach().clone())
+        content, style = losses()
+        if len(points) in (3, 9):
+            return content * float("nan"), style
+        return content, style
+    t.losses = overflowing
+    seen = []
+    t.run(40, lambda i, c, s: seen.append((i, (c + s).item())))
+    assert [i for i, _ in seen] == [i for i in range(1, 41) if i not in (3, 9)]
+    assert all(np.isfinite(total) for _, total in seen)
+    assert seen[-1][1] < 0.01 * seen[0][1]
+    # the evaluation after each overflow is at the best point evaluated before it
+    for bad in (3, 9):
+        best = min((total, i) for i, total in seen if i < bad)[1]
+        assert torch.equal(points[bad], points[best - 1])
+        assert not torch.equal(points[bad], points[bad - 1])
+
+
+def test_lbfgs_stopped_inside_a_line_search_keeps_its_best_point(tone):
+    """The budget, the stopping rule or Ctrl-C can end L-BFGS at a trial point of a line
+    search, whose loss may be far above the best (a 10-minute run kept one that reached
+    log magnitude 118 and failed in Griffin-Lim). The point kept is the best evaluated."""
+    content = utils.log_spectrogram(tone(1.0, f0=110))
+    style = utils.log_spectrogram(tone(1.5, f0=240, seed=1))
+    worse_last = 0
+    for budget in range(4, 14):
+        t = _transfer([content], style, optimizer="lbfgs", style_weight=30, seed=1)
+        seen = []
+        t.run(budget, lambda i, c, s: seen.append((c + s).item()))
+        worse_last += seen[-1] > min(seen)
+        c, s = t.losses()
+        assert (c + s).item() == pytest.approx(min(seen), rel=1e-6)
+    assert worse_last > 0  # the case the rule is for did occur
+
+
 def test_average_magnitudes_by_hand():
     """log1p(1) and log1p(3) average to log1p(2); one spectrogram comes back untouched."""
     a = np.full((2, 3), np.log1p(1.0), np.float32)
@@ -467,7 +513,9 @@ def test_a_full_disk_after_the_optimisation_is_one_line(clips, tmp_path, capsys,
     # the style loss of these clips is above 2: times 1e308 it is inf at the first step
     (["-style_weight", "1e308"], "the loss is not finite at step 1 (content"),
     (["-content_weight", "1e308"], "the loss is not finite at step"),
-    (["-learning_rate", "1e308"], "the loss is not finite at step 2 (content nan"),
+    # every L-BFGS step overflows: stepped back from 5 times, then the error
+    (["-learning_rate", "1e308"],
+     "the loss is not finite at step 12 (content nan, style nan), 5 times after stepping back"),
     (["-optimizer", "adam", "-learning_rate", "1e10"], "the loss is not finite at step"),
     # one Adam step of 1000 from the noise: no loss sees it, exp(S) overflows
     (["-optimizer", "adam", "-learning_rate", "1e3", "-epochs", "1"],
