@@ -41,6 +41,7 @@ STYLE_BLOCK = 4096  # frames of style features computed at once: 134 MB at 8160 
 STYLE_RANK = 256  # columns of the style Gram's factor by default
 REFINE_RANK = 256  # columns of a refined segment's target (StyleGram.corrected)
 FIRST_PASS_TOL = 3  # times -tol: where a first pass over segments stops when a second follows
+RESTART_GAIN = 1e-4  # L-BFGS, having given up, starts afresh if its last start gained this
 OVERFLOW_RETRIES = 5  # L-BFGS steps back from an overflowing trial point this often in a row
 LONGER_STYLE = 2  # a style this many times the content's length gets a note (see -normalize_gram)
 ADAM_BATCH_BYTES = 2 ** 30  # Adam's segments optimised together: their features within this
@@ -79,14 +80,23 @@ PRESETS = {
                       pitch_ratio=1.0, formant_ratio=1.0, ensemble=1, follow_loudness=0.0,
                       phase="random", griffin_lim_iters=50, griffin_lim_momentum=0.0,
                       vocoder="griffin_lim", exact=True, tol=0.0),
+    # Converting a voice: the setting that measured best across the reference's pairs and
+    # real LibriSpeech readers (EXPERIMENTS.md). A second random network 5 frames wide
+    # carries the style (how the spectrum moves, not only its shape), the content keeps
+    # the 3x1 one; loudness half way back to the content's contour keeps syllables and
+    # pauses; Griffin-Lim from the content's phase, fast; HiFi-GAN renders the result.
+    "voice": dict(style_kernel="3x5", style_weight=0.1, follow_loudness=0.5,
+                  phase="content", griffin_lim_momentum=0.99, vocoder="hifigan"),
 }
 
 
-def preset_flags(name):
+def preset_flags(name, keys=None):
     """The preset as command-line flags, e.g. ['-optimizer', 'adam', '-epochs', '20000'];
-    a switch that is on is its flag alone."""
+    a switch that is on is its flag alone. keys: only these of its flags."""
     flags = []
     for key, value in PRESETS[name].items():
+        if keys is not None and key not in keys:
+            continue
         flags.append(f"-{key}")
         if value is not True:
             flags.append(f"{value:g}" if isinstance(value, float) else f"{value}")
@@ -98,13 +108,22 @@ class PresetParser(OneLineParser):
     set_by_caller = ()  # flags the program on top sets itself (sweep.py: the style weight)
 
     def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
         first, _ = super().parse_known_args(args)
         if getattr(first, "preset", None):
+            given = {action.dest for action in self._actions for flag in action.option_strings
+                     for word in args if word == flag or word.startswith(flag + "=")}
+            keys = [key for key in PRESETS[first.preset]
+                    if key not in self.set_by_caller and key not in given]
+            # the preset's values go through their flags' own types, so each is checked
+            # (-vocoder hifigan: its weights installed) before any work, as when typed;
+            # a value the command line replaces is not
+            typed, _ = super().parse_known_args(preset_flags(first.preset, keys))
             namespace = namespace or argparse.Namespace()
-            for key, value in PRESETS[first.preset].items():
+            for key in keys:
                 # argparse leaves what the namespace holds unless a flag sets it
-                if key not in self.set_by_caller and not hasattr(namespace, key):
-                    setattr(namespace, key, value)
+                if not hasattr(namespace, key):
+                    setattr(namespace, key, getattr(typed, key))
         return super().parse_known_args(args, namespace)
 
 
@@ -425,7 +444,7 @@ class Transfer:
     def _run_lbfgs(self, iterations, observe):
         # One optimizer.step() holds all iterations: each new call would spend an extra
         # evaluation on the point the line search has just evaluated.
-        count, best, overflows = 0, None, 0
+        count, best, overflows, gave_up_at = 0, None, 0, None
 
         def closure():
             nonlocal count, best, overflows
@@ -478,6 +497,16 @@ class Transfer:
                 if isinstance(stop, _Budget):
                     return False
                 raise
+            # L-BFGS gave up: its line search found no step that lowers the loss along
+            # a direction its history made. After a long jump (from the noise start, with
+            # a heavy style weight) that history misleads, and it gave up with the style
+            # loss 1e4 times its end (boy18 at -style_weight 30, 23 evaluations). Start
+            # afresh from the best point, until a fresh start gains nothing.
+            if best is not None and count < iterations and (
+                    gave_up_at is None or best[0] < gave_up_at * (1 - RESTART_GAIN)):
+                gave_up_at = best[0]
+                back_to_best()
+                continue
             back_to_best()
             return True
 
@@ -933,7 +962,7 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
         evaluations, ran = evaluations + done, ran + len(group)
         for j, item in enumerate(group):
             results[item] = t.result()[j]
-            after = histories[item][-1][0] if item in histories else 0
+            after = histories[item][-1][0] if histories.get(item) else 0
             histories.setdefault(item, []).extend(
                 (after + h[0], h[1][j], h[2][j]) for h in history)
         stops[why.split(":")[0]] += len(group)

@@ -438,14 +438,18 @@ def segment_bounds(frames, length, overlap):
 def crossfade_weights(bounds):
     """(stop - start,) weights per segment that sum to 1 over the segments at every
     position: 1 where one segment alone covers it, a raised-cosine hand-over across each
-    overlap (overlaps are at most half a segment, so they never meet)."""
-    weights = [np.ones(stop - start) for start, stop in bounds]
+    overlap. Where evenly spaced segments overlap by more than half their length, three
+    meet; the hand-overs are then divided by their sum there, so it stays 1."""
+    ramps = [np.ones(stop - start) for start, stop in bounds]
     for k in range(len(bounds) - 1):
         shared = bounds[k][1] - bounds[k + 1][0]
         rise = 0.5 - 0.5 * np.cos(np.pi * (np.arange(shared) + 0.5) / shared)  # 0 -> 1
-        weights[k][len(weights[k]) - shared:] *= 1 - rise
-        weights[k + 1][:shared] *= rise
-    return weights
+        ramps[k][len(ramps[k]) - shared:] *= 1 - rise
+        ramps[k + 1][:shared] *= rise
+    total = np.zeros(bounds[-1][1])
+    for (start, stop), ramp in zip(bounds, ramps):
+        total[start:stop] += ramp
+    return [ramp / total[start:stop] for (start, stop), ramp in zip(bounds, ramps)]
 
 
 # ---------------------------------------------------------------------------- pictures

