@@ -75,6 +75,19 @@ def exact_cuda():
     torch.backends.cudnn.benchmark = False
 
 
+def guarded(prog, work, errors=()):
+    """work()'s exit status, the way every script ends: a UsageError or one of `errors` is
+    one line on stderr and status 2, Ctrl-C one line and 130, never a traceback."""
+    try:
+        return work()
+    except (UsageError, *errors) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def log(message):
     """Progress notes go to stderr, above the progress bar; stdout lists the files written."""
     tqdm.write(message, file=sys.stderr)

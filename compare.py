@@ -33,7 +33,7 @@ import evaluate
 import report
 import train
 import utils
-from cli import OneLineParser, UsageError, log, seed_number
+from cli import OneLineParser, UsageError, guarded, log, seed_number
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(HERE, "..", "shared")
@@ -109,6 +109,9 @@ class ReaderMargin:
         if key not in self.voices:
             others = [os.path.join(folder, f) for f in sorted(os.listdir(folder))
                       if f.endswith(".flac") and os.path.join(folder, f) not in leave_out]
+            if not others:
+                raise UsageError(f"{folder}: no other utterance of this reader to take the "
+                                 f"margin against")
             embeddings = [evaluate.speaker_embedding(
                 utils.load_audio(f, sr=evaluate.ENCODER_RATE), self.encoder) for f in others]
             mean = np.mean(embeddings, axis=0)
@@ -152,6 +155,12 @@ def run_one(setting_name, flags, seed, pair, folder, encoder, readers):
         measured["margin"] = measured["sim_style"] - measured["sim_content"]
     report.add_measures(row["file"], measured, content, style)
     return {**measured, **row}
+
+
+def print_row(r):
+    wer = "-" if r["wer"] is None else f"{r['wer']:.2f}"
+    print(f"{r['pair']:40} {r['setting']:10} {r['seed']:4d} {r['seconds']:7.1f} "
+          f"{r['margin']:+7.3f} {r['stoi']:6.3f} {wer:>5} {r['dnsmos_ovrl']:6.2f}", flush=True)
 
 
 def mean(rows, key):
@@ -207,43 +216,34 @@ def run(args):
         train_settings(name, flags)
     encoder = evaluate.load_encoder()
     readers = ReaderMargin(encoder)
-    os.makedirs(args.output, exist_ok=True)
-    print(f"{'pair':40} {'setting':10} {'seed':>4} {'seconds':>7} {'margin':>7} {'stoi':>6} "
-          f"{'wer':>5} {'dnsmos':>6}", flush=True)
-    rows, stopped = [], False
-    try:
-        for pair in chosen:
-            for name, flags in settings:
-                for seed in seeds:
-                    r = dict(run_one(name, flags, seed, pair, args.output, encoder, readers),
-                             setting=name)
-                    rows.append(r)
-                    wer = "-" if r["wer"] is None else f"{r['wer']:.2f}"
-                    print(f"{r['pair']:40} {name:10} {seed:4d} {r['seconds']:7.1f} "
-                          f"{r['margin']:+7.3f} {r['stoi']:6.3f} {wer:>5} "
-                          f"{r['dnsmos_ovrl']:6.2f}", flush=True)
-    except KeyboardInterrupt:
-        stopped = True
-        log(f"interrupted (Ctrl-C): keeping the {len(rows)} run(s) measured")
-    if rows:
-        print_summary(rows, names)
-        write_csv(os.path.join(args.output, "compare.csv"), rows)
-        print(report.write_page(args.output, [r["file"] for r in rows],
-                                title="settings compared"))
-        print(os.path.join(args.output, "compare.csv"))
+    table = os.path.join(args.output, "compare.csv")
+    # the folder and the files made once at the end are checked before any work
+    with utils.output_dir(args.output, [table, os.path.join(args.output, report.PAGE)]):
+        print(f"{'pair':40} {'setting':10} {'seed':>4} {'seconds':>7} {'margin':>7} "
+              f"{'stoi':>6} {'wer':>5} {'dnsmos':>6}", flush=True)
+        rows, stopped = [], False
+        try:
+            for pair in chosen:
+                for name, flags in settings:
+                    for seed in seeds:
+                        rows.append(dict(run_one(name, flags, seed, pair, args.output,
+                                                 encoder, readers), setting=name))
+                        print_row(rows[-1])
+        except KeyboardInterrupt:
+            stopped = True
+            log(f"interrupted (Ctrl-C): keeping the {len(rows)} run(s) measured")
+        if rows:
+            print_summary(rows, names)
+            write_csv(table, rows)
+            print(report.write_page(args.output, [r["file"] for r in rows],
+                                    title="settings compared"))
+            print(table)
     return 130 if stopped else 0
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (utils.AudioError, UsageError, evaluate.MissingPackage) as e:
-        print(f"compare.py: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("compare.py: interrupted", file=sys.stderr)
-        return 130
+    return guarded("compare.py", lambda: run(args), (utils.AudioError, evaluate.MissingPackage))
 
 
 if __name__ == "__main__":

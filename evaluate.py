@@ -37,7 +37,7 @@ import scipy.signal
 
 import report
 import utils
-from cli import OneLineParser
+from cli import OneLineParser, guarded
 
 COLUMNS = ["file", "sim_style", "sim_content", "margin", "stoi", "wer", "dnsmos_ovrl",
            "dnsmos_sig", "dnsmos_bak", "lsd_db"]
@@ -356,14 +356,8 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (utils.AudioError, MissingPackage) as e:  # OutputError too: a -csv not written
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("evaluate.py: interrupted", file=sys.stderr)
-        return 130
+    # utils.AudioError covers OutputError too: a -csv not written
+    return guarded("evaluate.py", lambda: run(args), (utils.AudioError, MissingPackage))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import evaluate
 import report
 import train
 import utils
+from cli import guarded
 
 TARGET_MARGIN, TARGET_STOI = 0.15, 0.80  # issue 5's target: this margin or more at this STOI
 COLUMNS = ["style_weight", "seed", "margin", "stoi", "wer", "dnsmos_ovrl", "dnsmos_sig",
@@ -235,14 +236,8 @@ def run(args, parser):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return run(args, parser)
-    except (utils.AudioError, train.UsageError, evaluate.MissingPackage) as e:
-        print(f"sweep.py: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sweep.py: interrupted", file=sys.stderr)
-        return 130
+    return guarded("sweep.py", lambda: run(args, parser),
+                   (utils.AudioError, evaluate.MissingPackage))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from tqdm import tqdm
 import report
 import utils
 import vocoder
-from cli import (UsageError, OneLineParser, check_seeds, log, number, pick_device,
+from cli import (UsageError, OneLineParser, check_seeds, guarded, log, number, pick_device,
                  seed_number)
 from model import RandomCNN, StyleGram, StyleLoss, content_loss
 
@@ -1363,14 +1363,7 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (utils.AudioError, UsageError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("train.py: interrupted", file=sys.stderr)
-        return 130
+    return guarded("train.py", lambda: run(args), (utils.AudioError,))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import utils
 from model import RandomCNN
-from cli import OneLineParser, UsageError, number, pick_device, seed_number
+from cli import OneLineParser, UsageError, guarded, number, pick_device, seed_number
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 TILE_BYTES = 1 << 30  # the Gram tile of every utterance at once: the largest thing held
@@ -374,15 +374,11 @@ def identify(args, train, test, device, methods, start):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
+
+    def work():
         run(args)
-    except (UsageError, utils.AudioError) as e:
-        print(f"vctk_identify.py: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("vctk_identify.py: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+    return guarded("vctk_identify.py", work, (utils.AudioError,))
 
 
 if __name__ == "__main__":

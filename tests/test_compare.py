@@ -60,6 +60,17 @@ def test_errors_are_one_line_before_any_work(argv, words, reference_audio, tmp_p
     assert not out.exists()
 
 
+def test_an_output_that_cannot_be_a_folder_is_refused_first(reference_audio, tmp_path,
+                                                             monkeypatch, capsys):
+    monkeypatch.setattr(compare, "run_one", lambda *_: pytest.fail("ran before the check"))
+    taken = tmp_path / "a file"
+    taken.write_text("")
+    assert compare.main(["-reference_audio", reference_audio, "-pairs", "reference",
+                         "-output", str(taken)]) == 2
+    assert capsys.readouterr().err == (f"compare.py: error: {taken}: cannot create output "
+                                       f"folder (File exists)\n")
+
+
 def test_compare_end_to_end(reference_audio, tmp_path, capsys):
     out = tmp_path / "out"
     status = compare.main(["-pairs", "reference", "-seeds", "0,1", "-reference_audio",

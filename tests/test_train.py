@@ -746,7 +746,7 @@ class _FakeCuda:
         return object()
 
     def graph(self, _):
-        fake, context = self, self.stream(self.Stream("capture"))
+        context = self.stream(self.Stream("capture"))
 
         class Capture:
             def __enter__(self):
