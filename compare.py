@@ -211,9 +211,9 @@ def run(args):
         seeds = [seed_number(s) for s in args.seeds.split(",")]
     except argparse.ArgumentTypeError:
         raise UsageError(f"-seeds: not a comma-separated list of seeds: {args.seeds}") from None
-    chosen = pairs(args.pairs, args.reference_audio, args.dev_speech)
     for name, flags in settings:  # every setting is checked before any work
         train_settings(name, flags)
+    chosen = pairs(args.pairs, args.reference_audio, args.dev_speech)
     encoder = evaluate.load_encoder()
     readers = ReaderMargin(encoder)
     table = os.path.join(args.output, "compare.csv")
