@@ -21,7 +21,6 @@ Ctrl-C stops after the run in progress (its result kept if it finished) and prin
 tables of what was measured; the exit status is then 130.
 """
 import argparse
-import csv
 import os
 import re
 import shlex
@@ -194,14 +193,8 @@ def print_summary(rows, names):
 
 
 def write_csv(path, rows):
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            out = csv.writer(f)
-            out.writerow(COLUMNS)
-            for r in rows:
-                out.writerow([r[k] if isinstance(r[k], (str, int)) or r[k] is None
-                              else f"{r[k]:.6g}" for k in COLUMNS])
-    utils.atomic_write(path, write)
+    utils.write_csv(path, COLUMNS, [[r[k] if isinstance(r[k], (str, int)) or r[k] is None
+                                     else f"{r[k]:.6g}" for k in COLUMNS] for r in rows])
 
 
 def run(args):

@@ -26,7 +26,6 @@ nothing is downloaded. They are judges only: nothing here feeds back into a tran
 Needs `pip install -r requirements-eval.txt`.
 """
 import argparse
-import csv
 import functools
 import os
 import sys
@@ -295,13 +294,8 @@ def table_cells(row):
 
 
 def write_csv(path, rows):
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            out = csv.writer(f)
-            out.writerow(COLUMNS)
-            for row in rows:
-                out.writerow([row["file"]] + [cell(row, k, 3) for k in COLUMNS[1:]])
-    utils.atomic_write(path, write)
+    utils.write_csv(path, COLUMNS, [[row["file"]] + [cell(row, k, 3) for k in COLUMNS[1:]]
+                                    for row in rows])
 
 
 def clip_groups(clips):

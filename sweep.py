@@ -22,7 +22,6 @@ optimisation it cut short is marked (interrupted: yes, a hollow point, left out 
 means), and the exit status is 130.
 """
 import argparse
-import csv
 import os
 import sys
 import time
@@ -146,15 +145,10 @@ def plot(rows, path, title):
 
 
 def write_csv(path, rows):
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            out = csv.writer(f)
-            out.writerow(COLUMNS)
-            for r in rows:
-                out.writerow([weight_text(r["style_weight"]), r["seed"]]
-                             + [("" if r[k] is None else f"{r[k]:.6g}") for k in COLUMNS[2:-2]]
-                             + [r["file"], "yes" if r["interrupted"] else "no"])
-    utils.atomic_write(path, write)
+    utils.write_csv(path, COLUMNS, [
+        [weight_text(r["style_weight"]), r["seed"]]
+        + [("" if r[k] is None else f"{r[k]:.6g}") for k in COLUMNS[2:-2]]
+        + [r["file"], "yes" if r["interrupted"] else "no"] for r in rows])
 
 
 def point_name(c_name, s_name, weight, seed, several_seeds):

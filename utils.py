@@ -4,6 +4,7 @@ Everything here works on plain numpy arrays (or torch tensors for the GPU
 Griffin-Lim) and knows nothing about the random CNN.
 """
 import contextlib
+import csv
 import errno
 import io
 import math
@@ -113,6 +114,16 @@ def atomic_write(path, write):
 
 
 FULL_SCALE = 32767 / 32768  # the largest sample 16-bit PCM holds; libsndfile clips past it
+
+
+def write_csv(path, header, rows):
+    """A CSV file of the `header` row and `rows` (lists of cells), whole or not at all."""
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(header)
+            out.writerows(rows)
+    atomic_write(path, write)
 
 
 def fit_full_scale(y, ceiling=FULL_SCALE):
