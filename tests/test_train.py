@@ -359,7 +359,7 @@ def test_lbfgs_that_gives_up_starts_afresh_while_that_gains(tone, monkeypatch):
 
 def test_lbfgs_stopped_inside_a_line_search_keeps_its_best_point(tone):
     """The budget, the stopping rule or Ctrl-C can end L-BFGS at a trial point of a line
-    search, whose loss may be far above the best (a 10-minute run kept one that reached
+    search, whose loss may be far above the best (most likely how a 10-minute run came to
     log magnitude 118 and failed in Griffin-Lim). The point kept is the best evaluated."""
     content = utils.log_spectrogram(tone(1.0, f0=110))
     style = utils.log_spectrogram(tone(1.5, f0=240, seed=1))
