@@ -352,7 +352,7 @@ def test_lbfgs_that_gives_up_starts_afresh_while_that_gains(tone, monkeypatch):
         return gave_up, seen
     gave_up, seen = run(40)
     assert not gave_up and len(seen) == 40 and seen[-1] < 0.01 * seen[0]
-    monkeypatch.setattr(train, "RESTART_GAIN", 0.5)  # a fresh start must halve the loss
+    monkeypatch.setattr(train, "RESTART_GAIN", 0.5)  # now a fresh start must halve the loss
     gave_up, seen = run(40)
     assert gave_up and len(seen) < 40
 
