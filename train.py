@@ -501,7 +501,7 @@ class Transfer:
             # a direction its history made. After a long jump (from the noise start, with
             # a heavy style weight) that history misleads, and it gave up with the style
             # loss 1e4 times its end (boy18 at -style_weight 30, 23 evaluations). Start
-            # afresh from the best point, until a fresh start gains nothing.
+            # afresh from the best point, while a fresh start gains RESTART_GAIN or more.
             if best is not None and count < iterations and (
                     gave_up_at is None or best[0] < gave_up_at * (1 - RESTART_GAIN)):
                 gave_up_at = best[0]
