@@ -41,7 +41,8 @@ STYLE_BLOCK = 4096  # frames of style features computed at once: 134 MB at 8160 
 STYLE_RANK = 256  # columns of the style Gram's factor by default
 REFINE_RANK = 256  # columns of a refined segment's target (StyleGram.corrected)
 FIRST_PASS_TOL = 3  # times -tol: where a first pass over segments stops when a second follows
-RESTART_GAIN = 1e-2  # L-BFGS, having given up, starts afresh if its last start gained this
+RESTART_GAIN = 1e-2  # L-BFGS, having given up, starts afresh if its last start gained this,
+RESTART_WITHIN = 50  # ... and only while it has run fewer evaluations than this
 OVERFLOW_RETRIES = 5  # L-BFGS steps back from an overflowing trial point this often in a row
 LONGER_STYLE = 2  # a style this many times the content's length gets a note (see -normalize_gram)
 ADAM_BATCH_BYTES = 2 ** 30  # Adam's segments optimised together: their features within this
@@ -502,7 +503,9 @@ class Transfer:
             # a heavy style weight) that history misleads, and it gave up with the style
             # loss 1e4 times its end (boy18 at -style_weight 30, 23 evaluations). Start
             # afresh from the best point, while a fresh start gains RESTART_GAIN or more.
-            if best is not None and count < iterations and (
+            # A give-up after RESTART_WITHIN evaluations is taken as convergence: music
+            # segments give up there often, and restarting them all slowed long files.
+            if best is not None and count < min(iterations, RESTART_WITHIN) and (
                     gave_up_at is None or best[0] < gave_up_at * (1 - RESTART_GAIN)):
                 gave_up_at = best[0]
                 back_to_best()
