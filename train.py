@@ -41,6 +41,7 @@ STYLE_BLOCK = 4096  # frames of style features computed at once: 134 MB at 8160 
 STYLE_RANK = 256  # columns of the style Gram's factor by default
 REFINE_RANK = 256  # columns of a refined segment's target (StyleGram.corrected)
 FIRST_PASS_TOL = 3  # times -tol: where a first pass over segments stops when a second follows
+FIRST_PASS_RANK = 128  # columns of the style's factor in such a first pass
 RESTART_GAIN = 1e-2  # L-BFGS, having given up, starts afresh if its last start gained this,
 RESTART_WITHIN = 50  # ... and only while it has run fewer evaluations than this
 OVERFLOW_RETRIES = 5  # L-BFGS steps back from an overflowing trial point this often in a row
@@ -943,6 +944,9 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
     shares = style_shares(content_specs, plans, nets[1])
     refined = [item for item in items if len(plans[item[0]]) > 1]
     passes = args.passes if refined and gram.factor is not None else 1
+    # a first pass that a later one refines is only its start: it stops sooner, against
+    # the style's top FIRST_PASS_RANK directions only, which cost less per evaluation
+    first_gram = gram.cut(FIRST_PASS_RANK) if passes > 1 else gram
     bar = progress_bar((len(items) + (passes - 1) * len(refined)) * args.epochs, progress)
     # printed lines for a clip optimised whole; segments show on the progress bar only
     print_every = args.print_interval if len(items) == 1 else args.epochs + 1
@@ -973,9 +977,9 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
 
     try:
         for group in work_groups(args, items):
-            # a first pass that a later one refines is only its start: it stops sooner
             looser = passes > 1 and all(len(plans[c]) > 1 for c, _, _ in group)
-            if not optimise_group(group, gram, [starts[c][:, a:b] for c, a, b in group],
+            if not optimise_group(group, first_gram if looser else gram,
+                                  [starts[c][:, a:b] for c, a, b in group],
                                   args.tol * FIRST_PASS_TOL if looser else args.tol):
                 break
         else:

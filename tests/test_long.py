@@ -196,6 +196,22 @@ def test_a_style_factor_of_bounded_rank_is_exact_at_full_rank_and_close_below(to
                                      rel=1e-2, abs=1e-9)
 
 
+def test_a_style_factor_cut_to_a_lower_rank_is_the_factor_made_at_that_rank(tone):
+    """The first pass's target (StyleGram.cut): the rank-256 factor cut to 32 columns has
+    the Gram and constant of the factor made at rank 32 directly; at or above its own
+    rank, the cut is the Gram itself."""
+    net, spec = _style_features(tone, 1.0)
+    with torch.no_grad():
+        style = net(torch.tensor(spec)[None])
+    wide, direct = StyleGram.from_features(style, 64), StyleGram.from_features(style, 32)
+    cut = wide.cut(32)
+    F, D = cut.factor.double(), direct.factor.double()
+    scale = (D @ D.T).abs().max().item()
+    np.testing.assert_allclose((F @ F.T).numpy(), (D @ D.T).numpy(), atol=1e-4 * scale)
+    assert cut.squared_norm.item() == pytest.approx(direct.squared_norm.item(), rel=1e-4)
+    assert cut.rank == 32 and wide.cut(64) is wide and wide.cut(100) is wide
+
+
 # ------------------------------------------------------------------------------ stopping
 
 def test_the_default_stopping_rule_stops_a_converging_run(pair, capsys):

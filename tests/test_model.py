@@ -81,6 +81,19 @@ def test_content_loss_by_hand():
     assert got.item() == pytest.approx(expected, rel=1e-12)
 
 
+def test_content_loss_gradient_by_hand():
+    """d/d gen of sum((gen - content)^2) / (4 C H W) is 2 (gen - content) / (4 C H W), each
+    clip of a batch by its own W and scaled by its own weight."""
+    rng = np.random.default_rng(3)
+    gen = torch.tensor(rng.standard_normal((2, 2, 3, 4)), requires_grad=True)
+    content = torch.tensor(rng.standard_normal((2, 2, 3, 4)))
+    frames, weights = torch.tensor([4.0, 3.0]), torch.tensor([1.0, 5.0], dtype=torch.float64)
+    (content_loss(gen, content, frames) * weights).sum().backward()
+    for b in range(2):
+        expected = weights[b] * 2 * (gen[b] - content[b]) / (4 * 2 * 3 * frames[b])
+        np.testing.assert_allclose(gen.grad[b].numpy(), expected.detach().numpy(), rtol=1e-12)
+
+
 def _gram_by_loops(A):
     rows, frames = A.shape
     G = np.zeros((rows, rows))
