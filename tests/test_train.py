@@ -144,8 +144,9 @@ def test_ctrl_c_keeps_the_work_done(clips, tmp_path):
     content, style = clips
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), "-content", content,
-                             "-style", style, "-epochs", "1000000", "-output", str(out),
-                             "-griffin_lim_iters", "5", "-device", "cpu"],  # a GPU would race
+                             "-style", style, "-epochs", "1000000", "-tol", "0",  # never done
+                             "-output", str(out), "-griffin_lim_iters", "5",
+                             "-device", "cpu"],  # a GPU would race
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     seen = ""
     deadline = time.time() + 60
