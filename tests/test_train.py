@@ -148,7 +148,10 @@ def test_ctrl_c_keeps_the_work_done(clips, tmp_path):
                              "-optimizer", "adam",  # never stops by itself: only Ctrl-C
                              "-output", str(out), "-griffin_lim_iters", "5",
                              "-device", "cpu"],  # a GPU would race
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            # a suite started in the background (nohup cmd &) hands its
+                            # children SIGINT ignored: the Ctrl-C must reach this one
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     deadline = time.time() + 60
     while "content=" not in seen and time.time() < deadline:  # the bar shows losses
