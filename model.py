@@ -34,8 +34,25 @@ class RandomCNN(nn.Module):
         self.conv = conv
 
     def forward(self, spectrogram):
-        """(B, F, T) -> (B, C, F - kh + 1, T)."""
-        return F.leaky_relu(self.conv(spectrogram.unsqueeze(1)), 0.2)
+        """(B, F, T) -> (B, C, F - kh + 1, T), held frame by frame in memory (a permuted
+        view of (B, T, C, H)).
+
+        The reference's convolution, written as one product per frame: the kh x kw input
+        values each output reads (the kw frames around it, zero beyond the clip) are
+        gathered into X (B, T, kh*kw, H), and the features are W (C, kh*kw) @ X. Measured
+        on a 3-s segment, the convolution's own kernels took 2-12 ms forward and 7 ms
+        back, this 1.2 and 0.7. It also leaves each frame's C*H features contiguous: the
+        style loss's products over time run in the layout the matrix library is fastest
+        in (in the (C, H, T) layout, the two that produce N x T maps ran half again as
+        long)."""
+        B, bins, T = spectrogram.shape
+        C, _, kh, kw = self.conv.weight.shape
+        H = bins - kh + 1
+        frames = F.pad(spectrogram, (kw // 2, kw // 2)).transpose(1, 2)  # (B, T + kw - 1, F)
+        X = torch.stack([frames[:, j:j + T, k:k + H] for k in range(kh) for j in range(kw)],
+                        dim=2)  # (B, T, kh*kw, H), in the weight's (k, j) order
+        features = self.conv.weight.view(C, kh * kw) @ X  # the bias is zero, as the reference's
+        return F.leaky_relu(features, 0.2).permute(0, 2, 3, 1)
 
     def initial_noise(self, shape, scale=1e-3):
         """The reference's starting point, N(0, 1) * 1e-3, drawn on the CPU from the stream
@@ -77,9 +94,10 @@ class _SquaredDistance(torch.autograd.Function):
         ctx.save_for_backward(diff)
         # Summed into float64: L-BFGS compares successive losses, and float32's rounding
         # at the loss's size would hide the small changes near a flat start and end it
-        # early. Rows of T terms summed in float32 (as their norms: one pass over the
-        # maps) are exact enough; converting the maps whole would cost more than the sum.
-        return torch.linalg.vector_norm(diff, dim=3).double().square().sum(dim=(1, 2))
+        # early. Each frame's C*H terms summed in float32 (as their norms: one pass over
+        # the maps, along their contiguous axes) are exact enough; converting the maps
+        # whole would cost more than the sum.
+        return torch.linalg.vector_norm(diff, dim=(1, 2)).double().square().sum(dim=1)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -127,16 +145,21 @@ class _TimeFormStyle(torch.autograd.Function):
     the gradient 4 c^2 A P - 4 c S diag(s) Q is two more, the first added in place onto
     the second. c scales the small P and Q only, never the N x Tg maps. Autograd would
     spend three products on the gradient, as it cannot see that P is symmetric.
+
+    Every product is written on the transposes, A^T (B, Tg, N), whose rows are frames:
+    the features RandomCNN makes are laid out so, and the gradient is made as
+    (B, Tg, N) and handed back transposed, in the features' own layout.
     """
 
     @staticmethod
     def forward(ctx, A, S, signs=None, scale=None):
-        P = A.transpose(1, 2) @ A  # (B, Tg, Tg)
-        Q = S.T @ A  # (B, Ts, Tg)
-        ctx.save_for_backward(A, S, P, Q)
+        At = A.transpose(1, 2)  # (B, Tg, N)
+        P = _symmetric_product(At)  # (B, Tg, Tg)
+        Qt = At @ S  # (B, Tg, Ts): Q^T
+        ctx.save_for_backward(At, S, P, Qt)
         ctx.signs, ctx.scale = signs, scale
         # Summed in float64: the loss is a small difference of these large sums.
-        Q2 = Q.pow(2).sum(dim=2).double()  # (B, Ts): sums of Tg terms, exact enough in float32
+        Q2 = Qt.pow(2).sum(dim=1).double()  # (B, Ts): sums of Tg terms, exact enough in float32
         Q2 = Q2.sum(dim=1) if signs is None else (Q2 * signs.double()).sum(dim=1)
         P2 = P.pow(2).sum(dim=2).double().sum(dim=1)
         if scale is None:
@@ -146,14 +169,31 @@ class _TimeFormStyle(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        A, S, P, Q = ctx.saved_tensors
-        g = 4 * grad_out.to(A.dtype)
-        c = torch.ones_like(g) if ctx.scale is None else ctx.scale.to(A.dtype)
-        Q = Q * (-g * c).view(-1, 1, 1)
+        At, S, P, Qt = ctx.saved_tensors
+        g = 4 * grad_out.to(At.dtype)
+        c = torch.ones_like(g) if ctx.scale is None else ctx.scale.to(At.dtype)
+        Qt = Qt * (-g * c).view(-1, 1, 1)
         if ctx.signs is not None:
-            Q = Q * ctx.signs.to(A.dtype).view(1, -1, 1)
-        grad_A = S @ Q  # (B, N, Tg)
-        return grad_A.baddbmm_(A, P * (g * c * c).view(-1, 1, 1)), None, None, None
+            Qt = Qt * ctx.signs.to(At.dtype).view(1, 1, -1)
+        grad_At = Qt @ S.T  # (B, Tg, N)
+        grad_At.baddbmm_(P * (g * c * c).view(-1, 1, 1), At)
+        return grad_At.transpose(1, 2), None, None, None
+
+
+def _symmetric_product(X, blocks=3):
+    """(B, T, N) -> (B, T, T) X X^T, each product of a block of rows with the rows up to
+    it, then mirrored: (blocks + 1) / (2 blocks) of the multiply-adds of one product.
+    Measured, three blocks took 16.6 ms against 23.1 ms at T = 517, N = 8160 (the matrix
+    library's own product does not look for the symmetry)."""
+    T = X.shape[1]
+    if T < 32 * blocks:
+        return X @ X.transpose(1, 2)
+    P = X.new_empty(X.shape[0], T, T)
+    bounds = [i * T // blocks for i in range(blocks + 1)]
+    for lo, hi in zip(bounds, bounds[1:]):
+        P[:, lo:hi, :hi] = X[:, lo:hi] @ X[:, :hi].transpose(1, 2)
+        P[:, :lo, lo:hi] = P[:, lo:hi, :lo].transpose(1, 2)
+    return P
 
 
 class StyleGram:

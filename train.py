@@ -17,6 +17,8 @@ the example voices in input/. Writes into output/ (or -output):
 import argparse
 import collections
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import math
 import os
@@ -337,6 +339,25 @@ def style_statistics(style_spec, style_net, rank=None, device="cpu", block=STYLE
     return StyleGram.from_blocks(features_in_blocks(style_spec, style_net, block), rank)
 
 
+def reuse_freed_memory():
+    """Have the C library's malloc keep the feature maps it frees for the next evaluation.
+
+    Each loss evaluation allocates and frees a few dozen maps of N x T floats (17 MB for a
+    3-s segment). glibc hands blocks that large back to the kernel on free and takes fresh
+    ones on the next malloc, and the kernel zeroes each new page at its first touch:
+    measured on a 3-s segment, 24,000 page faults and some 50 ms of system time per
+    evaluation, a third of its cost. Raising malloc's mmap threshold to its maximum
+    (32 MB) and never trimming its heap keeps them. Costs nothing elsewhere: without
+    glibc's mallopt it does nothing."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
+    mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20)
+    mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)
+
+
 class Transfer:
     """A batch of generated log spectrograms, one per content clip or segment, against one
     style clip, optimised as one problem.
@@ -357,6 +378,7 @@ class Transfer:
                  content_weight=100.0, style_weight=1.0, learning_rate=None, optimizer="adam",
                  init="noise", style_form="auto", normalize_gram=False, style_kernel=None,
                  nets=None, whole_frames=None, shares=None, initial=None):
+        reuse_freed_memory()
         self.device = device
         self.frames = [spec.shape[1] for spec in content_specs]
         bins, longest = content_specs[0].shape[0], max(self.frames)
@@ -598,7 +620,8 @@ class Monitor:
         self.on_gpu = on_gpu
         self.refresh = 100 if on_gpu else 10  # reading a loss makes the GPU wait: seldom
         self.history, self.done, self.last = [], 0, None
-        self.recent = collections.deque()  # (iteration, total loss) where it was read
+        self.recent = collections.deque()  # (iteration, lowest total loss by then)
+        self.best = None
         self.own_bar, self.offset = bar is None, offset
         self.bar = bar if bar is not None else progress_bar(total, progress)
 
@@ -613,22 +636,28 @@ class Monitor:
         if not (math.isfinite(c) and math.isfinite(s)):  # a sum is finite if each loss is
             self.bar.close()
             raise not_finite(i, c, s, gpu=self.on_gpu)
-        if not shown:
-            return
-        self.bar.set_postfix(content=f"{c:.4g}", style=f"{s:.4g}", total=f"{c + s:.4g}",
-                             refresh=False)
-        self.bar.update(self.offset + i - self.bar.n)
-        if i % self.print_interval == 0:
-            log(f"step {i}: content {c:.4f}  style {s:.4f}  total {c + s:.4f}")
-        if not self.tol:
-            return
-        self.recent.append((i, c + s))
+        if shown:
+            self.bar.set_postfix(content=f"{c:.4g}", style=f"{s:.4g}", total=f"{c + s:.4g}",
+                                 refresh=False)
+            self.bar.update(self.offset + i - self.bar.n)
+            if i % self.print_interval == 0:
+                log(f"step {i}: content {c:.4f}  style {s:.4f}  total {c + s:.4f}")
+        if self.tol:
+            self.check_progress(i, c + s)
+
+    def check_progress(self, i, total):
+        """The stopping rule, on the lowest total loss reached so far: L-BFGS's line
+        searches try points worse than the one they stand on, which say nothing about
+        whether it still gains. Checked at every iteration the loss is read (on the CPU,
+        all of them), so that a run ends within an iteration of where the rule holds."""
+        self.best = total if self.best is None else min(self.best, total)
+        self.recent.append((i, self.best))
         while len(self.recent) > 1 and self.recent[1][0] <= i - self.window:
             self.recent.popleft()
         then_i, then = self.recent[0]
-        if then_i <= i - self.window and then - (c + s) < self.tol * then:
-            raise Converged(f"total loss fell {100 * (then - c - s) / then:.3g}% over the last "
-                            f"{self.window} iterations, less than -tol {100 * self.tol:g}%")
+        if then_i <= i - self.window and then - self.best < self.tol * then:
+            raise Converged(f"total loss fell {100 * (then - self.best) / then:.3g}% over the "
+                            f"last {self.window} iterations, less than -tol {100 * self.tol:g}%")
 
     def record(self):
         """Add the latest losses to the curve (once per iteration)."""

@@ -14,6 +14,7 @@ import tempfile
 import librosa
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 
 SAMPLE_RATE = 22050  # librosa.load's default, which the reference relies on
@@ -80,7 +81,9 @@ def prepare_audio(samples, rate, name, sr=SAMPLE_RATE, n_fft=N_FFT):
         raise AudioError(f"{name}: contains NaN or infinite samples")
     y = samples.mean(axis=1)
     if rate != sr:
-        y = librosa.resample(y, orig_sr=rate, target_sr=sr, res_type="soxr_hq")
+        # what librosa.resample(res_type="soxr_hq") calls, without the second its first
+        # call spends loading librosa's lazily imported modules
+        y = soxr.resample(y, rate, sr, quality="soxr_hq")
     if len(y) < n_fft:
         raise AudioError(f"{name}: too short ({len(y)} samples at {sr} Hz; "
                          f"one STFT frame needs {n_fft})")
@@ -242,8 +245,16 @@ def output_dir(path, files=()):
 SPECTROGRAM_BLOCK = 8192  # frames (48 s) of STFT made at once for long clips
 
 
-def stft(y, n_fft=N_FFT):
-    return librosa.stft(y, n_fft=n_fft, hop_length=n_fft // 4)
+def stft(y, n_fft=N_FFT, center=True):
+    """librosa.stft(y, n_fft=n_fft, hop_length=n_fft // 4, center=center) (periodic Hann
+    window, zero padding), computed by torch: the same transform to float32 rounding (a
+    test holds them together), without the 2-4 s librosa's first STFT and inverse STFT
+    spend loading and compiling its modules in every run. (F, frames) complex64."""
+    window = torch.hann_window(n_fft, periodic=True)
+    spectrum = torch.stft(torch.as_tensor(np.asarray(y, np.float32)), n_fft=n_fft,
+                          hop_length=n_fft // 4, window=window, center=center,
+                          pad_mode="constant", return_complex=True)
+    return spectrum.numpy()
 
 
 def frame_count(samples, n_fft=N_FFT):
@@ -262,7 +273,7 @@ def stft_frames(y, start, stop, n_fft=N_FFT):
     piece = np.zeros(last - first, dtype=np.float32)
     lo, hi = max(first, 0), min(last, len(y))
     piece[lo - first:hi - first] = y[lo:hi]
-    return librosa.stft(piece, n_fft=n_fft, hop_length=hop, center=False)
+    return stft(piece, n_fft, center=False)
 
 
 def log_spectrogram(y, n_fft=N_FFT, block=SPECTROGRAM_BLOCK):
@@ -345,7 +356,7 @@ def follow_loudness(log_spec, content_log_spec, strength, max_gain_db=20.0):
 
 # ---------------------------------------------------------------------------- Griffin-Lim
 
-def _librosa_pair(n_fft, length):
+def _librosa_pair(n_fft, length):  # the reference's transforms, kept to test _torch_pair by
     forward = lambda y: librosa.stft(y, n_fft=n_fft, hop_length=n_fft // 4)
     inverse = lambda X: librosa.istft(X, hop_length=n_fft // 4, n_fft=n_fft, length=length)
     return forward, inverse
@@ -373,8 +384,9 @@ def griffin_lim(log_spec, length, iters=50, n_fft=N_FFT, phase=None, momentum=0.
     istft then stft keeping the new phase. `phase` replaces the random start (e.g. the
     content's phase): an array (F, T), or a function (start, stop) -> its frames
     start..stop-1, so that a long clip's phase is made a chunk at a time. momentum > 0
-    is the fast Griffin-Lim of Perraudin et al. backend "librosa" or "torch" does the
-    transforms; by default librosa on the CPU and torch on a CUDA device.
+    is the fast Griffin-Lim of Perraudin et al. backend "torch" (the default) or
+    "librosa" does the transforms: the same to float32 rounding (tested), torch's without
+    librosa's seconds of first-call compiling.
 
     A spectrogram of more than `chunk` frames is inverted in overlapping chunks, each
     starting where its predecessor ended: the shared frames begin from the phase the
@@ -385,7 +397,7 @@ def griffin_lim(log_spec, length, iters=50, n_fft=N_FFT, phase=None, momentum=0.
     if phase is not None and not callable(phase):
         phase_array = phase
         phase = lambda start, stop: phase_array[:, start:stop]
-    backend = backend or ("librosa" if str(device) == "cpu" else "torch")
+    backend = backend or "torch"
     if frames <= chunk:
         start_phase = (phase(0, frames) if phase is not None
                        else rng.uniform(-np.pi, np.pi, log_spec.shape))
@@ -504,8 +516,8 @@ def plot_spectrograms(named_specs, path, sr=SAMPLE_RATE, n_fft=N_FFT):
     """
     plt = _pyplot()
     hop = n_fft // 4
-    db = [librosa.amplitude_to_db(picture_columns(s), ref=1.0, top_db=None)
-          for _, s in named_specs]
+    # 20 log10 |S| with a -100 dB floor: librosa.amplitude_to_db(ref=1, top_db=None)
+    db = [20 * np.log10(np.maximum(picture_columns(s), 1e-5)) for _, s in named_specs]
     vmax = max(float(d.max()) for d in db)
     vmin = vmax - 80  # 80 dB of range, as a listener would care about
     width = sum(min(PICTURE_SECONDS, max(2.5, s.shape[1] * hop / sr * 1.6))

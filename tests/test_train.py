@@ -356,7 +356,9 @@ def test_lbfgs_that_gives_up_starts_afresh_while_that_gains(tone, monkeypatch):
         assert (c + s).item() == pytest.approx(min(seen), rel=1e-9)  # the best point kept
         return gave_up, seen
     gave_up, seen = run(40)
-    assert not gave_up and len(seen) == 40 and seen[-1] < 0.01 * seen[0]
+    # without fresh starts it would stop within a few evaluations, the loss barely moved;
+    # with them it falls some hundredfold (how far exactly moves with float rounding)
+    assert not gave_up and len(seen) == 40 and seen[-1] < 0.05 * seen[0]
     monkeypatch.setattr(train, "RESTART_GAIN", 0.5)  # now a fresh start must halve the loss
     gave_up, seen = run(40)
     assert gave_up and len(seen) < 40
@@ -368,15 +370,20 @@ def test_lbfgs_stopped_inside_a_line_search_keeps_its_best_point(tone):
     log magnitude 118 and failed in Griffin-Lim). The point kept is the best evaluated."""
     content = utils.log_spectrogram(tone(1.0, f0=110))
     style = utils.log_spectrogram(tone(1.5, f0=240, seed=1))
-    worse_last = 0
-    for budget in range(4, 14):
+
+    def run(budget):
         t = _transfer([content], style, optimizer="lbfgs", style_weight=30, seed=1)
         seen = []
         t.run(budget, lambda i, c, s: seen.append((c + s).item()))
-        worse_last += seen[-1] > min(seen)
         c, s = t.losses()
-        assert (c + s).item() == pytest.approx(min(seen), rel=1e-6)
-    assert worse_last > 0  # the case the rule is for did occur
+        return seen, (c + s).item()
+    seen, _ = run(40)
+    # budgets whose last evaluation is a trial point worse than one before it
+    worse = [i + 1 for i in range(1, len(seen)) if seen[i] > min(seen[:i])]
+    assert worse  # the case the rule is for does occur
+    for budget in worse[:2]:
+        seen, kept = run(budget)
+        assert seen[-1] > min(seen) and kept == pytest.approx(min(seen), rel=1e-6)
 
 
 def test_average_magnitudes_by_hand():
