@@ -347,8 +347,9 @@ def reuse_freed_memory():
     ones on the next malloc, and the kernel zeroes each new page at its first touch:
     measured on a 3-s segment, 24,000 page faults and some 50 ms of system time per
     evaluation, a third of its cost. Raising malloc's mmap threshold to its maximum
-    (32 MB) and never trimming its heap keeps them. Costs nothing elsewhere: without
-    glibc's mallopt it does nothing."""
+    (32 MB) and never trimming its heap keeps them; the price is that memory once used
+    stays with the process until it ends (peak RSS counted it already). Without glibc's
+    mallopt (macOS, Windows) this does nothing."""
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError, TypeError):
@@ -649,8 +650,17 @@ class Monitor:
         """The stopping rule, on the lowest total loss reached so far: L-BFGS's line
         searches try points worse than the one they stand on, which say nothing about
         whether it still gains. Checked at every iteration the loss is read (on the CPU,
-        all of them), so that a run ends within an iteration of where the rule holds."""
+        all of them), so that a run ends within an iteration of where the rule holds.
+        It waits for the first gain of -tol: from the noise start the first steps are
+        tiny, and a 3-minute song had one segment's loss flat for its first 21
+        evaluations, which stopped it there, silent (L-BFGS still ends a run that gains
+        nothing, by giving up)."""
+        if self.best is None:
+            self.first = total
         self.best = total if self.best is None else min(self.best, total)
+        if self.best > self.first * (1 - self.tol):
+            self.recent.clear()
+            return
         self.recent.append((i, self.best))
         while len(self.recent) > 1 and self.recent[1][0] <= i - self.window:
             self.recent.popleft()

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import utils
-from model import (RandomCNN, StyleLoss, cheaper_style_form, content_loss, gram_over_time,
-                   style_loss_textbook)
+from model import (RandomCNN, StyleLoss, _symmetric_product, cheaper_style_form, content_loss,
+                   gram_over_time, style_loss_textbook)
 
 
 def test_random_cnn_shapes_and_frozen_weights():
@@ -115,6 +115,32 @@ def test_style_loss_by_hand():
     assert style_loss_textbook(g, s).item() == pytest.approx(expected, rel=1e-12)
     for form in ("time", "gram"):
         assert StyleLoss(s, 4, form=form)(g).item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("kernel", [(3, 1), (3, 3), (3, 5)])
+def test_frame_by_frame_product_is_the_reference_convolution(kernel):
+    """RandomCNN computes its convolution as one product per frame, in frame-major memory:
+    values and input gradients are those of the reference's nn.Conv2d (zero-padded in
+    time, then LeakyReLU 0.2), and each frame's C*H features are contiguous."""
+    net = RandomCNN(seed=1, kernel=kernel).double()
+    x = torch.randn(2, 257, 30, dtype=torch.float64, requires_grad=True)
+    ours = net(x)
+    theirs = torch.nn.functional.leaky_relu(net.conv(x.unsqueeze(1)), 0.2)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert ours.stride() == (30 * 32 * 255, 255, 1, 32 * 255)
+    weights = torch.randn_like(theirs)
+    (g_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+    (g_theirs,) = torch.autograd.grad((theirs * weights).sum(), x)
+    torch.testing.assert_close(g_ours, g_theirs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("frames", [7, 100, 517])
+def test_symmetric_product_in_blocks_is_x_xt(frames):
+    """P = X X^T made block row by block row, the blocks above the diagonal mirrored from
+    below: the whole product, to rounding (a clip too short for blocks included)."""
+    X = torch.randn(2, frames, 300, dtype=torch.float64)
+    torch.testing.assert_close(_symmetric_product(X), X @ X.transpose(1, 2), rtol=1e-12,
+                               atol=1e-10)
 
 
 def test_gram_is_over_time():

@@ -270,6 +270,30 @@ def test_stopping_rule_stops_and_says_why(tone, capsys):
     assert totals[-1] < totals[0]
 
 
+def _first_stop(totals, tol=0.01, window=5):
+    """The iteration at which the stopping rule ends a run with these total losses."""
+    monitor = train.Monitor(len(totals), tol=tol, window=window, progress=False)
+    try:
+        for i, total in enumerate(totals, 1):
+            monitor(i, torch.tensor([total]), torch.tensor([0.0]))
+    except train.Converged:
+        return i
+    finally:
+        monitor.close()
+    return None
+
+
+def test_stopping_rule_by_hand():
+    """-tol 1% over 5 iterations, on the lowest loss reached: a plateau at the start (the
+    noise start's first tiny steps) does not stop it, a trial point above the best does
+    not count as a rise, and it stops at the first iteration whose last 5 gained < 1%."""
+    falling = [100.0 * 0.9 ** i for i in range(10)]
+    assert _first_stop([100.0] * 30) is None
+    assert _first_stop([100.0] * 8 + falling + [falling[-1]] * 10) == 8 + 10 + 5
+    with_trials = [10, 9, 8, 50, 7, 6.99, 6.98, 40, 6.97, 6.97, 6.97]  # 50, 40: trial points
+    assert _first_stop(with_trials) == 10  # 7.0 at 5 to 6.97 at 10: less than 1%
+
+
 def test_without_tol_all_iterations_run(tone):
     content, _, style = _specs(tone)
     t = _transfer([content], style)
