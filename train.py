@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -339,6 +340,7 @@ def style_statistics(style_spec, style_net, rank=None, device="cpu", block=STYLE
     return StyleGram.from_blocks(features_in_blocks(style_spec, style_net, block), rank)
 
 
+@functools.cache  # a setting of the process: once is enough
 def reuse_freed_memory():
     """Have the C library's malloc keep the feature maps it frees for the next evaluation.
 
@@ -622,7 +624,7 @@ class Monitor:
         self.refresh = 100 if on_gpu else 10  # reading a loss makes the GPU wait: seldom
         self.history, self.done, self.last = [], 0, None
         self.recent = collections.deque()  # (iteration, lowest total loss by then)
-        self.best = None
+        self.first = self.best = None  # total losses: the first read, the lowest so far
         self.own_bar, self.offset = bar is None, offset
         self.bar = bar if bar is not None else progress_bar(total, progress)
 
@@ -655,9 +657,9 @@ class Monitor:
         tiny, and a 3-minute song had one segment's loss flat for its first 21
         evaluations, which stopped it there, silent (L-BFGS still ends a run that gains
         nothing, by giving up)."""
-        if self.best is None:
-            self.first = total
-        self.best = total if self.best is None else min(self.best, total)
+        if self.first is None:
+            self.first = self.best = total
+        self.best = min(self.best, total)
         if self.best > self.first * (1 - self.tol):
             self.recent.clear()
             return

@@ -246,15 +246,20 @@ SPECTROGRAM_BLOCK = 8192  # frames (48 s) of STFT made at once for long clips
 
 
 def stft(y, n_fft=N_FFT, center=True):
-    """librosa.stft(y, n_fft=n_fft, hop_length=n_fft // 4, center=center) (periodic Hann
-    window, zero padding), computed by torch: the same transform to float32 rounding (a
-    test holds them together), without the 2-4 s librosa's first STFT and inverse STFT
-    spend loading and compiling its modules in every run. (F, frames) complex64."""
-    window = torch.hann_window(n_fft, periodic=True)
-    spectrum = torch.stft(torch.as_tensor(np.asarray(y, np.float32)), n_fft=n_fft,
-                          hop_length=n_fft // 4, window=window, center=center,
-                          pad_mode="constant", return_complex=True)
-    return spectrum.numpy()
+    """librosa.stft(y, n_fft=n_fft, hop_length=n_fft // 4, center=center), computed by
+    torch: the same transform to float32 rounding (a test holds them together), without
+    the 2-4 s librosa's first STFT and inverse STFT spend loading and compiling its
+    modules in every run. (F, frames) complex64."""
+    return _torch_stft(torch.as_tensor(np.asarray(y, np.float32)), n_fft, center=center).numpy()
+
+
+def _torch_stft(y, n_fft, window=None, center=True):
+    """torch.stft as librosa.stft's defaults: periodic Hann window, hop n_fft // 4, zero
+    padding (for centred frames); y a tensor on any device."""
+    if window is None:
+        window = torch.hann_window(n_fft, periodic=True, device=y.device)
+    return torch.stft(y, n_fft=n_fft, hop_length=n_fft // 4, window=window, center=center,
+                      pad_mode="constant", return_complex=True)
 
 
 def frame_count(samples, n_fft=N_FFT):
@@ -363,12 +368,11 @@ def _librosa_pair(n_fft, length):  # the reference's transforms, kept to test _t
 
 
 def _torch_pair(n_fft, length, device):
-    # torch.stft with a periodic Hann window, centred frames and zero padding is the
-    # same transform as librosa.stft's defaults; tests hold the two together.
+    # the same transforms as librosa's defaults; tests hold the two together
     window = torch.hann_window(n_fft, periodic=True, device=device)
-    kw = dict(n_fft=n_fft, hop_length=n_fft // 4, window=window, center=True)
-    forward = lambda y: torch.stft(y, pad_mode="constant", return_complex=True, **kw)
-    inverse = lambda X: torch.istft(X, length=length, **kw)
+    forward = lambda y: _torch_stft(y, n_fft, window)
+    inverse = lambda X: torch.istft(X, n_fft=n_fft, hop_length=n_fft // 4, window=window,
+                                    center=True, length=length)
     return forward, inverse
 
 
