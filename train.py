@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import lbfgs
 import report
 import utils
 import vocoder
@@ -47,6 +48,7 @@ FIRST_PASS_TOL = 3  # times -tol: where a first pass over segments stops when a 
 FIRST_PASS_RANK = 128  # columns of the style's factor in such a first pass
 RESTART_GAIN = 1e-2  # L-BFGS, having given up, starts afresh if its last start gained this,
 RESTART_WITHIN = 50  # ... and only while it has run fewer evaluations than this
+LBFGS_HISTORY = 50  # steps L-BFGS remembers
 OVERFLOW_RETRIES = 5  # L-BFGS steps back from an overflowing trial point this often in a row
 LONGER_STYLE = 2  # a style this many times the content's length gets a note (see -normalize_gram)
 ADAM_BATCH_BYTES = 2 ** 30  # Adam's segments optimised together: their features within this
@@ -424,8 +426,8 @@ class Transfer:
             self.optimizer = torch.optim.Adam([self.spec], lr=learning_rate or 1e-3,
                                               capturable=device.type == "cuda")
         else:  # L-BFGS picks its own step length by line search; lr scales its first guess
-            self.optimizer = torch.optim.LBFGS([self.spec], lr=learning_rate or 1.0,
-                                               history_size=50, line_search_fn="strong_wolfe")
+            self.optimizer = lbfgs.LBFGS(self.spec, lr=learning_rate or 1.0,
+                                         history=LBFGS_HISTORY)
 
     def features(self, spec, net=None):
         net = self.net if net is None else net
@@ -475,7 +477,7 @@ class Transfer:
 
         def closure():
             nonlocal count, best, overflows
-            self.optimizer.zero_grad()
+            self.spec.grad = None
             content, style = self.losses()
             total = (content + style).sum()
             count += 1
@@ -496,15 +498,13 @@ class Transfer:
             return total
 
         def back_to_best():
-            self.optimizer.state.clear()
+            self.optimizer.reset()
             with torch.no_grad():
                 self.spec.copy_(best[1])
             self.kept = best[2:]
         while True:
-            left = iterations - count
-            self.optimizer.param_groups[0].update(max_iter=left, max_eval=left)
             try:
-                self.optimizer.step(closure)
+                self.optimizer.minimise(closure)
             except _Overflow:
                 # A line search tried a step so long that the loss overflowed (from a
                 # noise start the first losses are 1e5 times the last, and L-BFGS

@@ -1,0 +1,60 @@
+"""lbfgs.LBFGS: the line search's interpolation by hand, and the whole method against
+torch.optim.LBFGS, which implements the same algorithm."""
+import pytest
+import torch
+
+import lbfgs
+
+
+def rosenbrock(x):
+    """The chained Rosenbrock function: minimum 0 at x = 1."""
+    return ((1 - x[:-1]) ** 2).sum() + 100 * ((x[1:] - x[:-1] ** 2) ** 2).sum()
+
+
+def test_cubic_minimum_by_hand():
+    # f = t^3 - 3t: f(0) = 0, f'(0) = -3; f(2) = 2, f'(2) = 9; its minimum is at t = 1
+    assert lbfgs.cubic_minimum(0.0, 0.0, -3.0, 2.0, 2.0, 9.0) == pytest.approx(1.0)
+    assert lbfgs.cubic_minimum(2.0, 2.0, 9.0, 0.0, 0.0, -3.0) == pytest.approx(1.0)
+    # kept inside the bounds given
+    assert lbfgs.cubic_minimum(0.0, 0.0, -3.0, 2.0, 2.0, 9.0, 1.5, 4.0) == 1.5
+    # f = -t^3 has no minimum between its points: the middle
+    assert lbfgs.cubic_minimum(-1.0, 1.0, -3.0, 1.0, -1.0, -3.0) == 0.0
+
+
+def _points(minimise, budget):
+    """The (loss, x) of every evaluation, from the textbook start, up to `budget`."""
+    x = torch.tensor([-1.2, 1.0, 0.5, -0.5, 2.0], dtype=torch.float64, requires_grad=True)
+    seen = []
+
+    def closure():
+        x.grad = None
+        loss = rosenbrock(x)
+        loss.backward()
+        seen.append((loss.item(), x.detach().clone()))
+        if len(seen) == budget:
+            raise StopIteration
+        return loss
+    try:
+        minimise(x, closure)
+    except StopIteration:
+        pass
+    return seen
+
+
+def test_the_same_iterates_as_torch_lbfgs():
+    """Each evaluation at the same point, to rounding, and the same stop: L-BFGS's
+    results measured before lbfgs.py (torch's optimiser then) still stand."""
+    ours = _points(lambda x, closure: lbfgs.LBFGS(x, history=50).minimise(closure), 500)
+
+    def torch_lbfgs(x, closure):
+        torch.optim.LBFGS([x], history_size=50, line_search_fn="strong_wolfe",
+                          max_iter=10 ** 6, max_eval=500).step(closure)
+    theirs = _points(torch_lbfgs, 500)
+    assert len(ours) == len(theirs) < 100  # it stopped by itself, at the same evaluation
+    for (loss, x), (their_loss, their_x) in zip(ours, theirs):
+        assert loss == pytest.approx(their_loss, rel=1e-6, abs=1e-12)
+        torch.testing.assert_close(x, their_x, rtol=0, atol=1e-8)
+    assert ours[-1][0] < 1e-9
+    torch.testing.assert_close(ours[-1][1], torch.ones(5, dtype=torch.float64), atol=1e-4,
+                               rtol=0)
+
