@@ -75,7 +75,7 @@ def build_parser():
 def pairs(which, reference_audio, dev_speech):
     """[(name, content path, style path, group)] for the groups named in `which`."""
     chosen = []
-    for group in which.split(","):
+    for group in which.replace("both", "reference,dev").split(","):
         if group == "reference":
             chosen += [(f"{c} -> {s}", os.path.join(reference_audio, c + ".wav"),
                         os.path.join(reference_audio, s + ".wav"), group)

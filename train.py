@@ -48,6 +48,11 @@ FIRST_PASS_TOL = 3  # times -tol: where a first pass over segments stops when a 
 FIRST_PASS_RANK = 128  # columns of the style's factor in such a first pass
 RESTART_GAIN = 1e-2  # L-BFGS, having given up, starts afresh if its last start gained this,
 RESTART_WITHIN = 50  # ... and only while it has run fewer evaluations than this
+# -formant_ratio auto: formants follow pitch to about this power across adult voices (a
+# woman's F0 is typically 1.75 times a man's, 210 against 120 Hz by Traunmueller and
+# Eriksson's survey, and her formants some 15-20% higher: 1.75 ** 0.3 = 1.18)
+FORMANT_PER_PITCH = 0.3
+FORMANT_RANGE = (0.85, 1.2)  # and no further, whatever the F0s measured
 LBFGS_HISTORY = 50  # steps L-BFGS remembers
 OVERFLOW_RETRIES = 5  # L-BFGS steps back from an overflowing trial point this often in a row
 LONGER_STYLE = 2  # a style this many times the content's length gets a note (see -normalize_gram)
@@ -90,10 +95,13 @@ PRESETS = {
     # Converting a voice: the setting that measured best across the reference's pairs and
     # real LibriSpeech readers (EXPERIMENTS.md). A second random network 5 frames wide
     # carries the style (how the spectrum moves, not only its shape), the content keeps
-    # the 3x1 one; loudness half way back to the content's contour keeps syllables and
-    # pauses; Griffin-Lim from the content's phase, fast; HiFi-GAN renders the result.
-    "voice": dict(style_kernel="3x5", style_weight=0.1, follow_loudness=0.5,
-                  phase="content", griffin_lim_momentum=0.99, vocoder="hifigan"),
+    # the 3x1 one; the content's formants moved toward where the style's pitch says
+    # that voice's are (without it the content loss holds the content's); loudness half
+    # way back to the content's contour keeps syllables and pauses; Griffin-Lim from the
+    # content's phase, fast; HiFi-GAN renders the result.
+    "voice": dict(style_kernel="3x5", style_weight=0.1, formant_ratio="auto",
+                  follow_loudness=0.5, phase="content", griffin_lim_momentum=0.99,
+                  vocoder="hifigan"),
 }
 
 
@@ -203,9 +211,12 @@ def build_parser():
                    help="before the transfer, move the content's harmonics up by this factor "
                         "(its spectral envelope stays); 'auto': the style's median F0 over "
                         "the content's")
-    p.add_argument("-formant_ratio", type=number(float, 0, low_ok=False), default=1.0,
+    p.add_argument("-formant_ratio", type=ratio, default=1.0,
                    help="before the transfer, stretch the content's spectral envelope "
-                        "(formants) along frequency by this factor")
+                        "(formants) along frequency by this factor; 'auto': the style's "
+                        f"median F0 over the content's to the power {FORMANT_PER_PITCH} "
+                        "(across adult voices formants rise with pitch so), held within "
+                        f"{FORMANT_RANGE[0]}-{FORMANT_RANGE[1]}")
     p.add_argument("-follow_loudness", type=number(float, 0), default=0.0,
                    help="after the transfer, move each frame's loudness this fraction of the "
                         "way (in dB) toward the content's loudness contour: 0 leaves the "
@@ -854,34 +865,47 @@ def write_outputs(out_dir, name, audio, content_spec, style_spec, generated, run
     return paths
 
 
-def pitch_ratios(setting, contents, style):
-    """The factor -pitch_ratio asks for, per content clip: a number as given, or for
-    'auto' the style's median F0 over that clip's (the style's is measured once)."""
-    if setting != "auto":
-        return [setting] * len(contents)
+def f0_ratios(flag, contents, style):
+    """Per content clip, the style's median F0 over that clip's (the style's measured
+    once), for `flag` (-pitch_ratio or -formant_ratio) set to auto."""
     f0_style = utils.median_f0(style)
     if f0_style is None:
-        raise UsageError("-pitch_ratio auto: no voiced frames in the style clip to measure "
+        raise UsageError(f"{flag} auto: no voiced frames in the style clip to measure "
                          "its pitch; give a number")
     ratios = []
     for y in contents:
         f0_content = utils.median_f0(y)
         if f0_content is None:
-            raise UsageError("-pitch_ratio auto: no voiced frames in the content clip to "
+            raise UsageError(f"{flag} auto: no voiced frames in the content clip to "
                              "measure its pitch; give a number")
-        log(f"-pitch_ratio auto: style {f0_style:.0f} Hz / content {f0_content:.0f} Hz = "
+        log(f"{flag} auto: style {f0_style:.0f} Hz / content {f0_content:.0f} Hz = "
             f"{f0_style / f0_content:.3f}")
         ratios.append(f0_style / f0_content)
     return ratios
+
+
+def reshaping_ratios(args, contents, style):
+    """Per content clip, the (pitch, formant) factors -pitch_ratio and -formant_ratio
+    ask for: numbers as given; 'auto' from the median F0s (f0_ratios)."""
+    auto = "-pitch_ratio" if args.pitch_ratio == "auto" else "-formant_ratio"
+    f0 = (f0_ratios(auto, contents, style) if "auto" in (args.pitch_ratio, args.formant_ratio)
+          else None)
+    pitch = f0 if args.pitch_ratio == "auto" else [args.pitch_ratio] * len(contents)
+    if args.formant_ratio != "auto":
+        return list(zip(pitch, [args.formant_ratio] * len(contents)))
+    low, high = FORMANT_RANGE
+    formant = [min(max(r ** FORMANT_PER_PITCH, low), high) for r in f0]
+    for r in formant:
+        log(f"-formant_ratio auto: {r:.3f}")
+    return list(zip(pitch, formant))
 
 
 def input_spectrograms(args, contents, style):
     """The content log spectrograms (reshaped by -pitch_ratio / -formant_ratio) and the
     style's."""
     if args.pitch_ratio != 1 or args.formant_ratio != 1:
-        ratios = pitch_ratios(args.pitch_ratio, contents, style)
-        content_specs = [utils.shift_pitch_formants(y, r, args.formant_ratio)
-                         for y, r in zip(contents, ratios)]
+        content_specs = [utils.shift_pitch_formants(y, pitch, formant) for y, (pitch, formant)
+                         in zip(contents, reshaping_ratios(args, contents, style))]
     else:
         content_specs = [utils.log_spectrogram(y) for y in contents]
     return content_specs, utils.log_spectrogram(style)

@@ -141,3 +141,13 @@ def test_reader_margin_leaves_the_pair_out(readers, tmp_path):
     assert sim_content == pytest.approx(similarity(voice(others("11", 0))), abs=1e-6)
     # the content clip itself is not in its reader's voice: similar, not identical
     assert sim_content < 0.9999
+
+
+def test_both_names_the_reference_pairs_and_the_dev_pairs(monkeypatch):
+    """The help's 'both': what the default (reference,dev) gives."""
+    monkeypatch.setattr(compare.os.path, "exists", lambda path: True)
+
+    def names(which):
+        return [p[0] for p in compare.pairs(which, "ref", "dev")]
+    assert names("both") == names("reference,dev") == names("reference") + names("dev")
+    assert len(names("both")) == 2 + len(compare.DEV_PAIRS)

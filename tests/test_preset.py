@@ -29,8 +29,8 @@ def test_reference_expands_to_the_documented_flags():
     assert preset["style_kernel"] is None and preset["normalize_gram"] is False
 
 
-VOICE = ("-style_kernel 3x5 -style_weight 0.1 -follow_loudness 0.5 -phase content "
-         "-griffin_lim_momentum 0.99 -vocoder hifigan").split()
+VOICE = ("-style_kernel 3x5 -style_weight 0.1 -formant_ratio auto -follow_loudness 0.5 "
+         "-phase content -griffin_lim_momentum 0.99 -vocoder hifigan").split()
 
 
 def test_voice_expands_to_the_documented_flags_and_leaves_the_rest_default():

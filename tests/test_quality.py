@@ -61,3 +61,22 @@ def test_pitch_ratio_refuses_nonsense(capsys):
             train.build_parser().parse_args(["-pitch_ratio", bad])
     assert train.build_parser().parse_args(["-pitch_ratio", "auto"]).pitch_ratio == "auto"
     assert train.build_parser().parse_args(["-pitch_ratio", "1.5"]).pitch_ratio == 1.5
+
+
+def test_formant_ratio_auto_follows_the_pitch_ratio_by_hand(monkeypatch):
+    """-formant_ratio auto: the median F0s' ratio to the power 0.3, held within 0.85-1.2;
+    -pitch_ratio, given as a number, stays that number."""
+    f0 = {"content": 120.0, "style": 150.0, "deep": 60.0, "high": 300.0}
+    monkeypatch.setattr(utils, "median_f0", lambda y: f0[y])
+    args = train.build_parser().parse_args(["-formant_ratio", "auto", "-pitch_ratio", "1.5"])
+    assert args.formant_ratio == "auto"
+    ratios = train.reshaping_ratios(args, ["content", "deep", "high"], "style")
+    assert ratios == [(1.5, pytest.approx(1.25 ** 0.3)), (1.5, 1.2), (1.5, 0.85)]
+    args.pitch_ratio = "auto"
+    assert train.reshaping_ratios(args, ["content"], "style") == [
+        (1.25, pytest.approx(1.25 ** 0.3))]
+    args.formant_ratio = 1.1
+    assert train.reshaping_ratios(args, ["content"], "style") == [(1.25, 1.1)]
+    for bad in ("0", "-2", "x"):
+        with pytest.raises(SystemExit):
+            train.build_parser().parse_args(["-formant_ratio", bad])
