@@ -482,7 +482,7 @@ class Transfer:
         return False
 
     def _run_lbfgs(self, iterations, observe):
-        # One optimizer.step() holds all iterations: each new call would spend an extra
+        # One minimise() holds all iterations: each new call would spend an extra
         # evaluation on the point the line search has just evaluated.
         count, best, overflows, gave_up_at = 0, None, 0, None
 
