@@ -1126,8 +1126,8 @@ def optimise_ensemble(args, content_specs, style_spec, device, progress=True):
     if longer > LONGER_STYLE and not args.normalize_gram:
         # the reference's Grams are sums over frames, not means: a shorter clip can only
         # match a longer style's by growing louder, and far enough it overflows
-        log(f"the style is {longer:.0f} times as long as the content: the reference's "
-            f"objective then asks for a result about {longer ** 0.5:.0f} times as loud in "
+        log(f"the style is {longer:.1f} times as long as the content: the reference's "
+            f"objective then asks for a result about {longer ** 0.5:.1f} times as loud in "
             f"its features, which can run out of range; -normalize_gram compares Grams "
             f"per frame, or give a style as long as the content")
     results, runs = [], []
