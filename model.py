@@ -41,10 +41,10 @@ class RandomCNN(nn.Module):
         values each output reads (the kw frames around it, zero beyond the clip) are
         gathered into X (B, T, kh*kw, H), and the features are W (C, kh*kw) @ X. Profiled
         on a 3-s segment, the convolution's own kernels took 2.3 ms forward and 7 ms
-        back, this 1.2 and 0.7, with the same values. It also leaves each frame's C*H features contiguous: the
-        style loss's products over time run in the layout the matrix library is fastest
-        in (in the (C, H, T) layout, the two that produce N x T maps ran half again as
-        long)."""
+        back, this 1.2 and 0.7, with the same values. It also leaves each frame's C*H
+        features contiguous: the style loss's products over time run in the layout the
+        matrix library is fastest in (in the (C, H, T) layout, the two that produce
+        N x T maps ran half again as long)."""
         B, bins, T = spectrogram.shape
         C, _, kh, kw = self.conv.weight.shape
         H = bins - kh + 1

@@ -886,17 +886,18 @@ def f0_ratios(flag, contents, style):
 
 def reshaping_ratios(args, contents, style):
     """Per content clip, the (pitch, formant) factors -pitch_ratio and -formant_ratio
-    ask for: numbers as given; 'auto' from the median F0s (f0_ratios)."""
-    auto = "-pitch_ratio" if args.pitch_ratio == "auto" else "-formant_ratio"
-    f0 = (f0_ratios(auto, contents, style) if "auto" in (args.pitch_ratio, args.formant_ratio)
-          else None)
+    ask for: numbers as given; 'auto' from the median F0s (f0_ratios, measured once for
+    both)."""
+    autos = [flag for flag in ("pitch_ratio", "formant_ratio") if getattr(args, flag) == "auto"]
+    f0 = f0_ratios("-" + autos[0], contents, style) if autos else None
     pitch = f0 if args.pitch_ratio == "auto" else [args.pitch_ratio] * len(contents)
-    if args.formant_ratio != "auto":
-        return list(zip(pitch, [args.formant_ratio] * len(contents)))
-    low, high = FORMANT_RANGE
-    formant = [min(max(r ** FORMANT_PER_PITCH, low), high) for r in f0]
-    for r in formant:
-        log(f"-formant_ratio auto: {r:.3f}")
+    if args.formant_ratio == "auto":
+        low, high = FORMANT_RANGE
+        formant = [min(max(r ** FORMANT_PER_PITCH, low), high) for r in f0]
+        for r in formant:
+            log(f"-formant_ratio auto: {r:.3f}")
+    else:
+        formant = [args.formant_ratio] * len(contents)
     return list(zip(pitch, formant))
 
 

@@ -248,8 +248,8 @@ SPECTROGRAM_BLOCK = 8192  # frames (48 s) of STFT made at once for long clips
 def stft(y, n_fft=N_FFT, center=True):
     """librosa.stft(y, n_fft=n_fft, hop_length=n_fft // 4, center=center), computed by
     torch: the same transform to float32 rounding (a test holds them together), without
-    the 2-4 s librosa's first STFT and inverse STFT spend loading and compiling its
-    modules in every run. (F, frames) complex64."""
+    the seconds librosa's first STFT and inverse STFT spend loading and compiling its
+    modules in every run (1.3-3.8 s with its resampling, measured). (F, frames) complex64."""
     return _torch_stft(torch.as_tensor(np.asarray(y, np.float32)), n_fft, center=center).numpy()
 
 

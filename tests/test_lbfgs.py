@@ -57,4 +57,3 @@ def test_the_same_iterates_as_torch_lbfgs():
     assert ours[-1][0] < 1e-9
     torch.testing.assert_close(ours[-1][1], torch.ones(5, dtype=torch.float64), atol=1e-4,
                                rtol=0)
-
