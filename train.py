@@ -43,9 +43,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 STYLE_BLOCK = 4096  # frames of style features computed at once: 134 MB at 8160 rows
 STYLE_RANK = 256  # columns of the style Gram's factor by default
-REFINE_RANK = 256  # columns of a refined segment's target (StyleGram.corrected)
+REFINE_RANK = 128  # columns of a refined segment's target (StyleGram.corrected)
 FIRST_PASS_TOL = 3  # times -tol: where a first pass over segments stops when a second follows
-FIRST_PASS_RANK = 128  # columns of the style's factor in such a first pass
+FIRST_PASS_RANK = 64  # columns of the style's factor in such a first pass
 RESTART_GAIN = 1e-2  # L-BFGS, having given up, starts afresh if its last start gained this,
 RESTART_WITHIN = 50  # ... and only while it has run fewer evaluations than this
 # -formant_ratio auto: formants follow pitch to about this power across adult voices (a
