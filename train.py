@@ -44,6 +44,9 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 STYLE_BLOCK = 4096  # frames of style features computed at once: 134 MB at 8160 rows
 STYLE_RANK = 256  # columns of the style Gram's factor by default
 REFINE_RANK = 128  # columns of a refined segment's target (StyleGram.corrected)
+# A clip at most this many segments long is optimised whole: two segments of it would
+# overlap by 60% or more, and their two passes cost more than the whole clip's one.
+WHOLE_WITHIN = 1.25
 FIRST_PASS_TOL = 3  # times -tol: where a first pass over segments stops when a second follows
 FIRST_PASS_RANK = 64  # columns of the style's factor in such a first pass
 RESTART_GAIN = 1e-2  # L-BFGS, having given up, starts afresh if its last start gained this,
@@ -229,8 +232,8 @@ def build_parser():
                    help="optimise each clip whole against the exact style Gram, as the "
                         "reference: cost and memory grow with the square of the length")
     p.add_argument("-segment", type=number(float, 0, low_ok=False), default=3.0,
-                   help="seconds per segment: longer clips are optimised in overlapping "
-                        "segments, cross-faded where they meet")
+                   help=f"seconds per segment: clips over {WHOLE_WITHIN:g} segments are "
+                        "optimised in overlapping segments, cross-faded where they meet")
     p.add_argument("-overlap", type=number(float, 0), default=0.25,
                    help="seconds by which segments overlap (at most half a segment)")
     p.add_argument("-style_rank", type=rank, default=STYLE_RANK,
@@ -932,12 +935,12 @@ def make_transfer(args, content_specs, style, device, seed, **more):
 
 def segment_plan(args, frames):
     """Per clip of `frames` frames, the (start, stop) of its segments: the whole clip with
-    -exact, else -segment seconds each, overlapping by -overlap seconds."""
-    if args.exact:
-        return [[(0, n)] for n in frames]
+    -exact or when it is at most WHOLE_WITHIN segments long, else -segment seconds each,
+    overlapping by -overlap seconds."""
     length = max(2, round(args.segment * utils.SAMPLE_RATE / utils.HOP))
     overlap = min(round(args.overlap * utils.SAMPLE_RATE / utils.HOP), length // 2)
-    return [utils.segment_bounds(n, length, overlap) for n in frames]
+    return [[(0, n)] if args.exact or n <= WHOLE_WITHIN * length
+            else utils.segment_bounds(n, length, overlap) for n in frames]
 
 
 

@@ -35,6 +35,17 @@ def test_segments_cover_the_clip_evenly(frames, length, overlap):
     assert utils.segment_bounds(150, 200, 20) == [(0, 150)]
 
 
+def test_a_clip_up_to_a_quarter_past_one_segment_is_optimised_whole():
+    """3 s segments are 517 frames: a clip of 646 (1.25 segments) stays whole, where two
+    segments would overlap by 388 of their 517 frames; one of 647 is cut in two."""
+    args = _args("-content", "a.wav", "-style", "b.wav")
+    assert round(args.segment * utils.SAMPLE_RATE / utils.HOP) == 517
+    assert train.segment_plan(args, [517, 646]) == [[(0, 517)], [(0, 646)]]
+    assert train.segment_plan(args, [647]) == [[(0, 517), (130, 647)]]
+    exact = _args("-content", "a.wav", "-style", "b.wav", "-exact")
+    assert train.segment_plan(exact, [5000]) == [[(0, 5000)]]
+
+
 @pytest.mark.parametrize("frames, length, overlap", [
     (1000, 200, 40),
     (992, 517, 43),  # 3 s segments of a 5.8 s clip: the first and third overlap
