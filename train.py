@@ -45,8 +45,9 @@ STYLE_BLOCK = 4096  # frames of style features computed at once: 134 MB at 8160 
 STYLE_RANK = 256  # columns of the style Gram's factor by default
 REFINE_RANK = 128  # columns of a refined segment's target (StyleGram.corrected)
 # A clip at most this many segments long is optimised whole: two segments of it would
-# overlap by 60% or more, and their two passes cost more than the whole clip's one.
-WHOLE_WITHIN = 1.25
+# overlap by half or more, and on clips this long their two passes took as long as one
+# run over the whole clip or longer, and ended further from its optimum (EXPERIMENTS.md).
+WHOLE_WITHIN = 1.5
 FIRST_PASS_TOL = 3  # times -tol: where a first pass over segments stops when a second follows
 FIRST_PASS_RANK = 64  # columns of the style's factor in such a first pass
 RESTART_GAIN = 1e-2  # L-BFGS, having given up, starts afresh if its last start gained this,

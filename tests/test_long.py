@@ -35,13 +35,13 @@ def test_segments_cover_the_clip_evenly(frames, length, overlap):
     assert utils.segment_bounds(150, 200, 20) == [(0, 150)]
 
 
-def test_a_clip_up_to_a_quarter_past_one_segment_is_optimised_whole():
-    """3 s segments are 517 frames: a clip of 646 (1.25 segments) stays whole, where two
-    segments would overlap by 388 of their 517 frames; one of 647 is cut in two."""
+def test_a_clip_up_to_one_and_a_half_segments_is_optimised_whole():
+    """3 s segments are 517 frames: a clip of 775 (1.5 segments) stays whole, where two
+    segments would overlap by 259 of their 517 frames; one of 776 is cut in two."""
     args = _args()
     assert round(args.segment * utils.SAMPLE_RATE / utils.HOP) == 517
-    assert train.segment_plan(args, [517, 646]) == [[(0, 517)], [(0, 646)]]
-    assert train.segment_plan(args, [647]) == [[(0, 517), (130, 647)]]
+    assert train.segment_plan(args, [517, 775]) == [[(0, 517)], [(0, 775)]]
+    assert train.segment_plan(args, [776]) == [[(0, 517), (259, 776)]]
     assert train.segment_plan(_args("-exact"), [5000]) == [[(0, 5000)]]
 
 
