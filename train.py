@@ -234,7 +234,8 @@ def build_parser():
                         "reference: cost and memory grow with the square of the length")
     p.add_argument("-segment", type=number(float, 0, low_ok=False), default=3.0,
                    help=f"seconds per segment: clips over {WHOLE_WITHIN:g} segments are "
-                        "optimised in overlapping segments, cross-faded where they meet")
+                        "optimised in overlapping segments (one fewer and longer where that "
+                        "costs less), cross-faded where they meet")
     p.add_argument("-overlap", type=number(float, 0), default=0.25,
                    help="seconds by which segments overlap (at most half a segment)")
     p.add_argument("-style_rank", type=rank, default=STYLE_RANK,
@@ -941,7 +942,7 @@ def segment_plan(args, frames):
     length = max(2, round(args.segment * utils.SAMPLE_RATE / utils.HOP))
     overlap = min(round(args.overlap * utils.SAMPLE_RATE / utils.HOP), length // 2)
     return [[(0, n)] if args.exact or n <= WHOLE_WITHIN * length
-            else utils.segment_bounds(n, length, overlap) for n in frames]
+            else utils.optimisation_segments(n, length, overlap) for n in frames]
 
 
 

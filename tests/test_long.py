@@ -23,16 +23,38 @@ def _args(*argv):
 # ------------------------------------------------------------------------------ segments
 
 @pytest.mark.parametrize("frames, length, overlap", [(1000, 200, 20), (201, 200, 20),
-                                                     (517, 100, 50), (3001, 517, 43)])
+                                                     (517, 100, 50), (3001, 517, 43),
+                                                     (1218, 517, 43), (1724, 517, 43)])
 def test_segments_cover_the_clip_evenly(frames, length, overlap):
-    bounds = utils.segment_bounds(frames, length, overlap)
-    assert bounds[0][0] == 0 and bounds[-1][1] == frames
-    assert all(stop - start == length for start, stop in bounds)
-    shared = [a[1] - b[0] for a, b in zip(bounds, bounds[1:])]
-    assert min(shared) >= overlap and max(shared) - min(shared) <= 1  # evenly spaced
-    # the fewest that do: one fewer could not keep the overlap
-    assert (len(bounds) - 1) * (length - overlap) + overlap < frames
-    assert utils.segment_bounds(150, 200, 20) == [(0, 150)]
+    plain = utils.segment_bounds(frames, length, overlap)
+    cheaper = utils.optimisation_segments(frames, length, overlap)
+    for bounds in (plain, cheaper):
+        assert bounds[0][0] == 0 and bounds[-1][1] == frames
+        size = bounds[0][1] - bounds[0][0]
+        assert all(stop - start == size for start, stop in bounds) and size >= length
+        shared = [a[1] - b[0] for a, b in zip(bounds, bounds[1:])]
+        assert min(shared) >= overlap and max(shared) - min(shared) <= 1  # evenly spaced
+    # the plain plan: the fewest of `length` frames (one fewer could not keep the overlap)
+    fewest = int(np.ceil((frames - overlap) / (length - overlap)))
+    assert len(plain) == fewest and plain[0][1] == length
+    # the optimisation's: the same, or one fewer (two at least), each as long as covers the
+    # clip, where the sum of the squared lengths is no larger
+    if cheaper != plain:
+        size = cheaper[0][1]
+        assert len(cheaper) == fewest - 1 >= 2 and len(cheaper) * size ** 2 <= fewest * length ** 2
+        assert len(cheaper) * (size - 1) - (len(cheaper) - 1) * overlap < frames  # no shorter
+    assert utils.segment_bounds(150, 200, 20) == utils.optimisation_segments(150, 200, 20) == [
+        (0, 150)]
+
+
+def test_a_clip_just_over_two_segments_is_cut_in_two_longer_ones():
+    """boy.wav twice (1218 frames) in 3 s segments: 3 of 517 frames would overlap by 166
+    each; 2 of 631 cover it with less in the style loss's products (796 k against 802 k
+    frames squared). The music's 1724 frames stay in 4 of 517: 3 would cost more."""
+    assert utils.optimisation_segments(1218, 517, 43) == [(0, 631), (587, 1218)]
+    assert [b - a for a, b in utils.optimisation_segments(1724, 517, 43)] == [517] * 4
+    args = _args()
+    assert train.segment_plan(args, [1218]) == [[(0, 631), (587, 1218)]]
 
 
 def test_a_clip_up_to_one_and_a_half_segments_is_optimised_whole():
@@ -139,7 +161,7 @@ def test_segmented_result_joins_without_jumps_at_the_seams(pair, tmp_path):
     level = 10 * np.log10((utils.magnitude(spec) ** 2).sum(axis=0) + 1e-10)
     jumps = np.abs(np.diff(level))
     length = round(0.5 * utils.SAMPLE_RATE / utils.HOP)
-    bounds = utils.segment_bounds(frames, length, round(0.15 * utils.SAMPLE_RATE / utils.HOP))
+    bounds = train.segment_plan(_args("-segment", "0.5", "-overlap", "0.15"), [frames])[0]
     assert len(bounds) >= 4
     seams = np.zeros(len(jumps), bool)
     for (_, stop), (start, _) in zip(bounds, bounds[1:]):
