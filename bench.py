@@ -13,7 +13,6 @@ whole iteration replayed as one CUDA graph. Both start from the same seed, weigh
 initial spectrogram, so their losses after the same iterations must agree: the table
 prints both, so the speed-up can be checked to be for the same objective.
 """
-import argparse
 import os
 import resource
 import subprocess
@@ -26,6 +25,7 @@ import torch
 
 import train
 import utils
+from cli import OneLineParser, UsageError, guarded
 from model import content_loss, style_loss_textbook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -393,8 +393,11 @@ def real_lengths(which, folder, reference_audio):
 
 # ------------------------------------------------------------------------------ main
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+LENGTHS = ("short", "sentence", "dev", "music", "growth", "loop", "huge")
+
+
+def build_parser():
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-content", default=os.path.join(HERE, "input", "male.wav"))
     p.add_argument("-style", default=os.path.join(HERE, "input", "female.wav"))
     p.add_argument("-device", choices=["all", "cpu", "cuda"], default="all")
@@ -414,18 +417,24 @@ def main():
     p.add_argument("-budget", type=float, default=None,
                    help="seconds per setting with -target (default: 600)")
     p.add_argument("-lengths", default="",
-                   help="comma-separated: short, sentence, dev, music, growth, loop, huge: whole "
-                        "train.py runs at real lengths, default against -exact (the whole-"
-                        "clip path of before), on the CPU; skips the other sections")
+                   help=f"comma-separated: {', '.join(LENGTHS)}: whole train.py runs at real "
+                        "lengths, default against -exact (the whole-clip path of before), on the "
+                        "CPU; skips the other sections")
     p.add_argument("-reference_audio", default=os.path.join(HERE, "..", "shared",
                                                             "reference-audio"))
     p.add_argument("-output", default="output")
-    args = p.parse_args()
+    return p
+
+
+def run(args):
     if args.lengths:
+        unknown = sorted(set(args.lengths.split(",")) - set(LENGTHS))
+        if unknown:
+            raise UsageError(f"-lengths: {', '.join(unknown)}: not one of {', '.join(LENGTHS)}")
         print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
         with tempfile.TemporaryDirectory() as folder:
             real_lengths(args.lengths.split(","), folder, args.reference_audio)
-        return
+        return 0
 
     content_spec = utils.log_spectrogram(utils.load_audio(args.content))
     style_spec = utils.log_spectrogram(utils.load_audio(args.style))
@@ -453,7 +462,14 @@ def main():
             os.makedirs(args.output, exist_ok=True)
             path = os.path.join(args.output, f"convergence_{device.type}.png")
             convergence(content_spec, style_spec, device, args.target, args.budget or 600, path)
+    return 0
+
+
+def main(argv=None):
+    """Figures print as each is measured, so Ctrl-C keeps those already printed."""
+    args = build_parser().parse_args(argv)
+    return guarded("bench.py", lambda: run(args), (utils.AudioError,))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
