@@ -428,12 +428,13 @@ def build_parser():
 
 def run(args):
     if args.lengths:
-        unknown = sorted(set(args.lengths.split(",")) - set(LENGTHS))
+        which = args.lengths.split(",")
+        unknown = sorted(set(which) - set(LENGTHS))
         if unknown:
             raise UsageError(f"-lengths: {', '.join(unknown)}: not one of {', '.join(LENGTHS)}")
         print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
         with tempfile.TemporaryDirectory() as folder:
-            real_lengths(args.lengths.split(","), folder, args.reference_audio)
+            real_lengths(which, folder, args.reference_audio)
         return 0
 
     content_spec = utils.log_spectrogram(utils.load_audio(args.content))
