@@ -514,6 +514,8 @@ def save_figure(fig, path):
 
 PICTURE_COLUMNS = 1500  # time columns drawn per spectrogram; longer clips are averaged down
 PICTURE_SECONDS = 12  # width, in inches, a panel grows to at most
+PICTURE_ROW = 16  # inches of panels side by side at most; wider ones are stacked instead,
+# since three 12-inch panels in a row (a 10-s clip) made a strip 4000 pixels wide
 
 
 def picture_columns(log_spec, columns=PICTURE_COLUMNS):
@@ -528,9 +530,10 @@ def picture_columns(log_spec, columns=PICTURE_COLUMNS):
 
 
 def plot_spectrograms(named_specs, path, sr=SAMPLE_RATE, n_fft=N_FFT):
-    """Side-by-side spectrograms: time in s, frequency in Hz (low at the bottom), dB colour bar.
+    """Spectrograms with one dB colour bar: time in s, frequency in Hz (low at the bottom).
 
-    named_specs: list of (title, log1p magnitude array of shape (freq, frames)). Clips of
+    named_specs: list of (title, log1p magnitude array of shape (freq, frames)). Short
+    clips are drawn side by side, longer ones one above the other (PICTURE_ROW). Clips of
     more than PICTURE_COLUMNS frames are drawn averaged down to that many columns (the
     title says so).
     """
@@ -540,11 +543,15 @@ def plot_spectrograms(named_specs, path, sr=SAMPLE_RATE, n_fft=N_FFT):
     db = [20 * np.log10(np.maximum(picture_columns(s), 1e-5)) for _, s in named_specs]
     vmax = max(float(d.max()) for d in db)
     vmin = vmax - 80  # 80 dB of range, as a listener would care about
-    width = sum(min(PICTURE_SECONDS, max(2.5, s.shape[1] * hop / sr * 1.6))
-                for _, s in named_specs)
-    fig, axes = plt.subplots(1, len(named_specs), figsize=(width + 1.5, 3.6),
-                             squeeze=False, constrained_layout=True)
-    for ax, (title, spec), d in zip(axes[0], named_specs, db):
+    widths = [min(PICTURE_SECONDS, max(2.5, s.shape[1] * hop / sr * 1.6))
+              for _, s in named_specs]
+    if sum(widths) <= PICTURE_ROW:
+        shape, size = (1, len(named_specs)), (sum(widths) + 1.5, 3.6)
+    else:
+        shape, size = (len(named_specs), 1), (max(widths) + 1.5, 2.8 * len(named_specs))
+    fig, axes = plt.subplots(*shape, figsize=size, squeeze=False, constrained_layout=True)
+    axes = axes.ravel()
+    for ax, (title, spec), d in zip(axes, named_specs, db):
         duration = spec.shape[1] * hop / sr
         image = ax.imshow(d, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
                           extent=[0, duration, 0, sr / 2])
@@ -553,7 +560,7 @@ def plot_spectrograms(named_specs, path, sr=SAMPLE_RATE, n_fft=N_FFT):
         ax.set_title(title)
         ax.set_xlabel("time (s)")
         ax.set_ylabel("frequency (Hz)")
-    fig.colorbar(image, ax=axes[0].tolist(), format="%+.0f dB", label="level (dB)")
+    fig.colorbar(image, ax=axes.tolist(), format="%+.0f dB", label="level (dB)")
     save_figure(fig, path)
 
 

@@ -298,6 +298,23 @@ def test_long_pictures_are_averaged_down(tmp_path):
     assert Image.open(tmp_path / "long.png").size[0] < 110 * (utils.PICTURE_SECONDS + 4)
 
 
+def test_long_pictures_are_stacked_short_ones_side_by_side(tmp_path):
+    """Three 10-s panels in a row were a strip 4128 x 408 pixels; stacked, the picture is
+    no wider than one panel and its colour bar, and each panel keeps its height."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    def panels(frames):
+        return [(name, np.log1p(rng.random((257, frames))).astype(np.float32))
+                for name in ("content", "style", "generated")]
+    utils.plot_spectrograms(panels(1724), tmp_path / "long.png")  # 10 s each
+    width, height = Image.open(tmp_path / "long.png").size
+    assert width < 110 * (utils.PICTURE_SECONDS + 3)
+    assert height > 3 * 110 * 2.0
+    utils.plot_spectrograms(panels(240), tmp_path / "short.png")  # 1.4 s each
+    width, height = Image.open(tmp_path / "short.png").size
+    assert width > 2 * height
+
+
 # ------------------------------------------------------------------------------ memory
 
 def test_a_run_past_the_memory_limit_is_refused_before_any_work(pair, tmp_path, capsys):
