@@ -543,16 +543,15 @@ def plot_spectrograms(named_specs, path, sr=SAMPLE_RATE, n_fft=N_FFT):
     db = [20 * np.log10(np.maximum(picture_columns(s), 1e-5)) for _, s in named_specs]
     vmax = max(float(d.max()) for d in db)
     vmin = vmax - 80  # 80 dB of range, as a listener would care about
-    widths = [min(PICTURE_SECONDS, max(2.5, s.shape[1] * hop / sr * 1.6))
-              for _, s in named_specs]
+    durations = [s.shape[1] * hop / sr for _, s in named_specs]
+    widths = [min(PICTURE_SECONDS, max(2.5, 1.6 * duration)) for duration in durations]
     if sum(widths) <= PICTURE_ROW:
         shape, size = (1, len(named_specs)), (sum(widths) + 1.5, 3.6)
     else:
         shape, size = (len(named_specs), 1), (max(widths) + 1.5, 2.8 * len(named_specs))
     fig, axes = plt.subplots(*shape, figsize=size, squeeze=False, constrained_layout=True)
     axes = axes.ravel()
-    for ax, (title, spec), d in zip(axes, named_specs, db):
-        duration = spec.shape[1] * hop / sr
+    for ax, (title, spec), d, duration in zip(axes, named_specs, db, durations):
         image = ax.imshow(d, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
                           extent=[0, duration, 0, sr / 2])
         if d.shape[1] < spec.shape[1]:
