@@ -30,9 +30,10 @@ class LBFGS:
     L-BFGS give up early)."""
 
     def __init__(self, x, lr=1.0, history=50, tolerance_grad=1e-7, tolerance_change=1e-9,
-                 max_iterations=None):
+                 max_iterations=None, first_step=None):
         assert x.is_contiguous()
         self.x, self.lr, self.history = x, lr, history
+        self.first_step, self.first_taken = first_step, None
         self.flat = x.detach().view(-1)  # x's storage, written without autograd
         self.tolerance_grad, self.tolerance_change = tolerance_grad, tolerance_change
         self.max_iterations = max_iterations
@@ -91,8 +92,11 @@ class LBFGS:
             if float(g.abs().max()) <= self.tolerance_grad:
                 return
             d = self.direction(g)
+            first = not self.steps and self.first_taken is None
             if self.steps:
                 t = self.lr
+            elif first and self.first_step is not None:  # once: not after an overflow
+                t, self.first_step = self.first_step, None
             else:  # nothing known of the curvature: a gradient step of length <= lr
                 t = min(1.0, 1.0 / float(g.abs().sum())) * self.lr
             slope = float(g.dot(d))
@@ -100,6 +104,8 @@ class LBFGS:
                 return
             x0 = x.clone()
             new_loss, new_g, t = self.line_search(closure, x0, loss, g, t, d, slope)
+            if first:
+                self.first_taken = t
             self.move(x0, t, d)  # the point chosen, not always the last tried
             iterations += 1
             self.remember(d * t, new_g - g)

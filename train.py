@@ -392,13 +392,14 @@ class Transfer:
     style_statistics() through `nets`' style network. `whole_frames` (B,): for segments,
     the frame count of the clip each is cut from, and `shares` (B,) the part of the
     style's Gram each is to carry (see StyleLoss). `initial`: the starting spectrograms
-    (F, T_b), instead of drawing them as `init` says.
+    (F, T_b), instead of drawing them as `init` says. `first_step`: L-BFGS's first trial
+    step, in place of its short gradient step (lbfgs.LBFGS).
     """
 
     def __init__(self, content_specs, style, *, device, seed=0, kernel=(3, 1), channels=32,
                  content_weight=100.0, style_weight=1.0, learning_rate=None, optimizer="adam",
                  init="noise", style_form="auto", normalize_gram=False, style_kernel=None,
-                 nets=None, whole_frames=None, shares=None, initial=None):
+                 nets=None, whole_frames=None, shares=None, initial=None, first_step=None):
         reuse_freed_memory()
         self.device = device
         self.frames = [spec.shape[1] for spec in content_specs]
@@ -443,7 +444,7 @@ class Transfer:
                                               capturable=device.type == "cuda")
         else:  # L-BFGS picks its own step length by line search; lr scales its first guess
             self.optimizer = lbfgs.LBFGS(self.spec, lr=learning_rate or 1.0,
-                                         history=LBFGS_HISTORY)
+                                         history=LBFGS_HISTORY, first_step=first_step)
 
     def features(self, spec, net=None):
         net = self.net if net is None else net
@@ -924,7 +925,7 @@ def kernel_size(text):
 
 def make_transfer(args, content_specs, style, device, seed, **more):
     """The Transfer that `args` ask for, with the random CNN of `seed`; `more` passes
-    Transfer's segment options (nets, whole_frames, initial)."""
+    Transfer's segment options (nets, whole_frames, shares, initial, first_step)."""
     return Transfer(content_specs, style, device=device, seed=seed,
                     kernel=kernel_size(args.kernel),
                     style_kernel=kernel_size(args.style_kernel) if args.style_kernel else None,
@@ -1022,14 +1023,19 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
     # printed lines for a clip optimised whole; segments show on the progress bar only
     print_every = args.print_interval if len(items) == 1 else args.epochs + 1
     results, histories, stops, why = {}, {}, collections.Counter(), None
+    # Per pass, the step the first line search of its latest segment took, which the next
+    # segment tries first: segments of a clip are alike, and from the short gradient step
+    # a fresh L-BFGS spent 13-18 evaluations growing its first step from the noise start.
+    first_steps = {}
     evaluations, begun, ran = 0, time.perf_counter(), 0
 
-    def optimise_group(group, style, initial, tol=args.tol):
+    def optimise_group(group, style, initial, tol=args.tol, stage=None):
         nonlocal evaluations, why, ran
         t = make_transfer(args, [content_specs[c][:, a:b] for c, a, b in group], style,
                           device, seed, nets=nets,
                           whole_frames=[content_specs[c].shape[1] for c, _, _ in group],
-                          shares=[shares.get(item, 1.0) for item in group], initial=initial)
+                          shares=[shares.get(item, 1.0) for item in group], initial=initial,
+                          first_step=first_steps.get(stage))
         if evaluations == 0:
             log(f"{len(content_specs)} content clip(s) {[s.shape[1] for s in content_specs]}"
                 f" frames in {len(items)} segment(s), style {style_spec.shape[1]} frames "
@@ -1038,6 +1044,8 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
             t, args.epochs, print_every, args.plot_interval, tol, args.tol_window,
             progress, bar, offset=ran * args.epochs, quiet=len(items) > 1)
         evaluations, ran = evaluations + done, ran + len(group)
+        if stage and getattr(t.optimizer, "first_taken", None):
+            first_steps[stage] = t.optimizer.first_taken
         for j, item in enumerate(group):
             results[item] = t.result()[j]
             after = histories[item][-1][0] if histories.get(item) else 0
@@ -1048,10 +1056,12 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
 
     try:
         for group in work_groups(args, items):
-            looser = passes > 1 and all(len(plans[c]) > 1 for c, _, _ in group)
+            segmented = all(len(plans[c]) > 1 for c, _, _ in group)
+            looser = passes > 1 and segmented
             if not optimise_group(group, first_gram if looser else gram,
                                   [starts[c][:, a:b] for c, a, b in group],
-                                  args.tol * FIRST_PASS_TOL if looser else args.tol):
+                                  args.tol * FIRST_PASS_TOL if looser else args.tol,
+                                  "first" if segmented else None):
                 break
         else:
             for _ in range(passes - 1):
@@ -1100,7 +1110,7 @@ def refine(content_specs, plans, results, shares, gram, style_net, rank, device,
                 own = style_net(torch.as_tensor(results[item]).to(device)[None])
             own = own.flatten(1, 2)[0] / shares[item] ** 0.5
             target = gram.corrected(own, whole, REFINE_RANK)
-            if not optimise_group([item], target, [results[item]]):
+            if not optimise_group([item], target, [results[item]], stage="refine"):
                 return False
     return True
 

@@ -57,3 +57,63 @@ def test_the_same_iterates_as_torch_lbfgs():
     assert ours[-1][0] < 1e-9
     torch.testing.assert_close(ours[-1][1], torch.ones(5, dtype=torch.float64), atol=1e-4,
                                rtol=0)
+
+
+def _quadratic_run(**options):
+    """L-BFGS on 0.5 |x|^2 from x = (10, 20, 30, 40) (the minimum is a gradient step of 1);
+    returns the optimiser and the number of evaluations of its first line search."""
+    x = torch.arange(10.0, 50.0, 10.0, dtype=torch.float64, requires_grad=True)
+    opt, evaluations = lbfgs.LBFGS(x, **options), []
+
+    def closure():
+        if opt.first_taken is not None:
+            raise StopIteration  # the first line search is over
+        x.grad = None
+        loss = 0.5 * x.pow(2).sum()
+        loss.backward()
+        evaluations.append(loss.item())
+        return loss
+    try:
+        opt.minimise(closure)
+    except StopIteration:
+        pass
+    return opt, len(evaluations) - 1  # less the start's
+
+
+def test_a_first_step_given_is_tried_first_and_the_step_taken_is_kept():
+    """Without history the first trial is the short gradient step min(1, 1/|g|_1) = 0.01
+    here, and the search grows it until the strong Wolfe conditions hold; given first_step=1 (the step that
+    lands on the minimum), one evaluation does. first_taken is what the search took."""
+    plain, plain_evaluations = _quadratic_run()
+    given, given_evaluations = _quadratic_run(first_step=1.0)
+    assert given_evaluations == 1 < plain_evaluations
+    assert given.first_taken == 1.0
+    assert 0.01 < plain.first_taken <= 1.5
+
+
+def test_a_first_step_is_used_once_not_after_a_reset():
+    """After an overflow train.py resets L-BFGS, whose next start must be the short
+    gradient step again, not the long step that overflowed."""
+    x = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    opt = lbfgs.LBFGS(x, first_step=5.0)
+    trials = []
+
+    def closure():
+        x.grad = None
+        loss = 0.5 * x.pow(2).sum()
+        loss.backward()
+        trials.append(x.detach().clone())
+        if len(trials) == 2:
+            raise OverflowError  # as train.py's closure raises at a non-finite loss
+        return loss
+    with pytest.raises(OverflowError):
+        opt.minimise(closure)
+    torch.testing.assert_close(trials[1], torch.full((3,), -4.0, dtype=torch.float64))
+    opt.reset()
+    with torch.no_grad():
+        x.fill_(1.0)
+    trials.clear()
+    with pytest.raises(OverflowError):
+        opt.minimise(closure)
+    # min(1, 1/|g|_1) = 1/3: x = 1 - 1/3
+    torch.testing.assert_close(trials[1], torch.full((3,), 2 / 3, dtype=torch.float64))

@@ -417,3 +417,29 @@ def test_a_style_far_longer_than_the_content_gets_a_note(tone, capsys):
         assert ("times as long as the content" in capsys.readouterr().err) == noted
     optimise(_args("-epochs", "1"), [content], tone(0.5, f0=230))
     assert "times as long" not in capsys.readouterr().err
+
+
+def test_each_segment_of_a_pass_starts_at_the_step_the_last_one_took(pair, monkeypatch):
+    """From the noise start the first line search spends some 15 evaluations growing the
+    short gradient step; segments of one clip are alike, so each one after the first in a
+    pass tries first the step the one before took. A clip optimised whole gets none."""
+    made = []
+
+    class Recorded(train.lbfgs.LBFGS):
+        def __init__(self, x, **options):
+            super().__init__(x, **options)
+            self.given_first_step = options.get("first_step")
+            made.append(self)
+    monkeypatch.setattr(train.lbfgs, "LBFGS", Recorded)
+    content, style = pair
+    y, s = utils.load_audio(content), utils.load_audio(style)
+    optimise(_args("-segment", "0.6", "-overlap", "0.1", "-epochs", "40"), [y], s)
+    segments = len(made) // 2  # two passes
+    assert segments >= 3 and len(made) == 2 * segments
+    for one_pass in (made[:segments], made[segments:]):
+        assert one_pass[0].given_first_step is None  # the first of a pass: nothing to go by
+        for before, after in zip(one_pass, one_pass[1:]):
+            assert after.given_first_step == before.first_taken > 0
+    made.clear()
+    optimise(_args("-epochs", "8"), [y], s)
+    assert len(made) == 1 and made[0].given_first_step is None
