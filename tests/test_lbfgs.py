@@ -82,8 +82,9 @@ def _quadratic_run(**options):
 
 def test_a_first_step_given_is_tried_first_and_the_step_taken_is_kept():
     """Without history the first trial is the short gradient step min(1, 1/|g|_1) = 0.01
-    here, and the search grows it until the strong Wolfe conditions hold; given first_step=1 (the step that
-    lands on the minimum), one evaluation does. first_taken is what the search took."""
+    here, and the search grows it until the strong Wolfe conditions hold; given
+    first_step=1 (the step that lands on the minimum), one evaluation does. first_taken is
+    the step the search took."""
     plain, plain_evaluations = _quadratic_run()
     given, given_evaluations = _quadratic_run(first_step=1.0)
     assert given_evaluations == 1 < plain_evaluations
