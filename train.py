@@ -57,10 +57,13 @@ RESTART_WITHIN = 50  # ... and only while it has run fewer evaluations than this
 # Eriksson's survey, and her formants some 15-20% higher: 1.75 ** 0.3 = 1.18)
 FORMANT_PER_PITCH = 0.3
 FORMANT_RANGE = (0.85, 1.2)  # and no further, whatever the F0s measured
-# Steps L-BFGS remembers. Each iteration's two-loop recursion reads them all twice: at 50
-# steps of a 3 s segment it took 5.2 ms (7% of an evaluation), at 20 steps 1.75 ms, and 20,
-# 50 and 100 steps took as many evaluations (EXPERIMENTS.md).
-LBFGS_HISTORY = 20
+LBFGS_HISTORY = 50  # steps L-BFGS remembers, on a clip optimised whole
+# ... and on a segment. Each iteration's two-loop recursion reads them all twice: at 50
+# steps of a 3 s segment it took 5.2 ms (7% of an evaluation), at 20 steps 1.75 ms, and a
+# long file's thousands of segment evaluations took as many at 20 steps as at 50. Whole
+# clips keep the 50 their settings and -preset voice were measured with: at 20 the
+# preset's DNSMOS on boy -> girl came out 0.15 lower (EXPERIMENTS.md).
+SEGMENT_LBFGS_HISTORY = 20
 OVERFLOW_RETRIES = 5  # L-BFGS steps back from an overflowing trial point this often in a row
 LONGER_STYLE = 2  # a style this many times the content's length gets a note (see -normalize_gram)
 ADAM_BATCH_BYTES = 2 ** 30  # Adam's segments optimised together: their features within this
@@ -446,8 +449,9 @@ class Transfer:
             self.optimizer = torch.optim.Adam([self.spec], lr=learning_rate or 1e-3,
                                               capturable=device.type == "cuda")
         else:  # L-BFGS picks its own step length by line search; lr scales its first guess
-            self.optimizer = lbfgs.LBFGS(self.spec, lr=learning_rate or 1.0,
-                                         history=LBFGS_HISTORY, first_step=first_step)
+            history = LBFGS_HISTORY if self.whole is None else SEGMENT_LBFGS_HISTORY
+            self.optimizer = lbfgs.LBFGS(self.spec, lr=learning_rate or 1.0, history=history,
+                                         first_step=first_step)
 
     def features(self, spec, net=None):
         net = self.net if net is None else net

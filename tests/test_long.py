@@ -422,7 +422,8 @@ def test_a_style_far_longer_than_the_content_gets_a_note(tone, capsys):
 def test_each_segment_of_a_pass_starts_at_the_step_the_last_one_took(pair, monkeypatch):
     """From the noise start the first line search spends some 15 evaluations growing the
     short gradient step; segments of one clip are alike, so each one after the first in a
-    pass tries first the step the one before took. A clip optimised whole gets none."""
+    pass tries first the step the one before took. A clip optimised whole gets none. And
+    segments keep a shorter history than a clip optimised whole."""
     made = []
 
     class Recorded(train.lbfgs.LBFGS):
@@ -440,6 +441,8 @@ def test_each_segment_of_a_pass_starts_at_the_step_the_last_one_took(pair, monke
         assert one_pass[0].given_first_step is None  # the first of a pass: nothing to go by
         for before, after in zip(one_pass, one_pass[1:]):
             assert after.given_first_step == before.first_taken > 0
+    assert {o.history for o in made} == {train.SEGMENT_LBFGS_HISTORY}
     made.clear()
     optimise(_args("-epochs", "8"), [y], s)
     assert len(made) == 1 and made[0].given_first_step is None
+    assert made[0].history == train.LBFGS_HISTORY > train.SEGMENT_LBFGS_HISTORY
