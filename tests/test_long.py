@@ -6,6 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import model
 import train
 import utils
 from conftest import optimise
@@ -205,6 +206,41 @@ def test_style_statistics_in_blocks_equal_the_direct_computation(tone, kernel):
     F = factor.factor.double()
     np.testing.assert_allclose((F @ F.T).numpy(), gram.numpy(), rtol=1e-4, atol=1e-3)
     assert factor.squared_norm.item() == pytest.approx(gram.pow(2).sum().item(), rel=1e-5)
+
+
+def test_a_merge_of_the_running_factor_is_the_top_directions_of_both():
+    """model._merged, which takes K's first block from the factor's eigenvalues, against
+    _top_directions on the two side by side: the same Gram, and eigenvalues that are the
+    new factor's squared column norms (its columns orthogonal), as the next merge uses."""
+    gen = torch.Generator().manual_seed(0)
+    Z = torch.randn(300, 40, generator=gen) * torch.logspace(0, -2, 40)
+    factor = model._top_directions(Z, 24)
+    values = factor.pow(2).sum(dim=0)
+    part = torch.randn(300, 16, generator=gen) * 0.1
+    direct = model._top_directions(torch.cat([factor, part], dim=1), 24)
+    for first_block in (values, None):  # the block given, or computed
+        merged, merged_values = model._merged(factor, first_block, part, 24)
+        torch.testing.assert_close(merged @ merged.T, direct @ direct.T, rtol=0, atol=1e-4)
+        gram = merged.T @ merged
+        torch.testing.assert_close(gram, torch.diag(merged_values), rtol=0,
+                                   atol=1e-4 * merged_values.max().item())
+
+
+def test_a_running_factor_below_full_rank_leaves_out_what_the_best_one_does(tone):
+    """A style of 345 frames merged 40 at a time into a factor of 32 columns (each merge
+    cut to 256, then the final cut): what its Gram leaves out of the style's is what the
+    eigen-decomposition of the whole leaves out."""
+    net, spec = _style_features(tone, 2.0)
+    with torch.no_grad():
+        S = net(torch.tensor(spec)[None]).flatten(1, 2)[0].double()
+    running = train.style_statistics(spec, net, 32, block=40)
+    assert running.factor.shape[1] == 32 and spec.shape[1] > 256
+    gram = S @ S.T
+    F = running.factor.double()
+    left_out = ((gram - F @ F.T).pow(2).sum() / gram.pow(2).sum()).item()
+    eig = torch.linalg.eigvalsh(S.T @ S)
+    best = (eig[:-32].pow(2).sum() / eig.pow(2).sum()).item()
+    assert best <= left_out * (1 + 1e-6) and left_out == pytest.approx(best, rel=1e-2)
 
 
 def test_a_style_factor_of_bounded_rank_is_exact_at_full_rank_and_close_below(tone):
@@ -446,3 +482,29 @@ def test_each_segment_of_a_pass_starts_at_the_step_the_last_one_took(pair, monke
     optimise(_args("-epochs", "8"), [y], s)
     assert len(made) == 1 and made[0].given_first_step is None
     assert made[0].history == train.LBFGS_HISTORY > train.SEGMENT_LBFGS_HISTORY
+
+
+def test_a_first_pass_stops_sooner_and_a_later_one_reads_a_shorter_window(pair, monkeypatch):
+    """A first pass that a later one refines is only its start: it stops at FIRST_PASS_TOL
+    times -tol, and its L-BFGS gives up at the first line search that rounding defeats. A
+    later pass starts near its optimum and reads REFINE_WINDOW of -tol_window at as much
+    of -tol (the same rate of fall). A clip optimised whole: -tol over -tol_window."""
+    seen = []
+    real = train.optimise
+
+    def recorded(t, epochs, print_interval, plot_interval, tol, window, *rest, **options):
+        seen.append((tol, window, t.optimizer.stop_at_rounding))
+        return real(t, epochs, print_interval, plot_interval, tol, window, *rest, **options)
+    monkeypatch.setattr(train, "optimise", recorded)
+    content, style = pair
+    y, s = utils.load_audio(content), utils.load_audio(style)
+    rule = ("-epochs", "30", "-tol", "0.01", "-tol_window", "8")
+    optimise(_args("-segment", "0.6", "-overlap", "0.1", *rule), [y], s)
+    segments = len(seen) // 2
+    assert segments >= 3
+    assert seen[:segments] == [(0.01 * train.FIRST_PASS_TOL, 8, True)] * segments
+    assert seen[segments:] == [(0.01 * train.REFINE_WINDOW, round(8 * train.REFINE_WINDOW),
+                                False)] * segments
+    seen.clear()
+    optimise(_args(*rule), [y], s)
+    assert seen == [(0.01, 8, False)]
