@@ -225,7 +225,8 @@ class StyleGram:
         factor is S; else the top `rank` eigen-directions of G, found from S^T S (Ts x Ts)."""
         _, C, H, Ts = features.shape
         S = features.flatten(1, 2)[0]
-        K = S.double().T @ S.double()  # ||S S^T||^2 = ||S^T S||^2: float64, as the loss
+        # ||S S^T||^2 = ||S^T S||^2: float64, as the loss; symmetric, a third cheaper
+        K = _symmetric_product(S.double().T[None])[0]
         squared_norm = K.pow(2).sum()
         if rank is None or Ts <= rank:
             return cls(C, H, Ts, squared_norm, factor=S)
@@ -304,12 +305,37 @@ class StyleGram:
 def _top_directions(Z, keep, K=None):
     """(N, k) -> (N, min(k, keep)) Y with Y Y^T the best rank-`keep` approximation of
     Z Z^T: Y = Z V, V the top eigenvectors of K = Z^T Z (k x k, cheap when k << N; pass
-    it when it is already at hand)."""
+    it when it is already at hand). Y's columns are orthogonal."""
     if Z.shape[1] <= keep:
         return Z
     K = (Z.T @ Z).double() if K is None else K
-    _, vectors = torch.linalg.eigh(K)  # ascending
-    return Z @ vectors[:, -keep:].to(Z.dtype)
+    return Z @ _top_eigenvectors(K, keep).to(Z.dtype)
+
+
+SUBSPACE_FROM = 1024  # K larger than this: its top eigenvectors by subspace iteration
+SUBSPACE_ITERATIONS = 6
+SUBSPACE_EXTRA = 64  # columns iterated beyond those kept
+
+
+def _top_eigenvectors(K, keep):
+    """(k, k) symmetric positive semi-definite K -> (k, keep): its top eigenvectors.
+
+    A full eigen-decomposition costs k^3: 4.7 s at k = 3446 (a 20-s clip's frames), more
+    than the product that made K. Past SUBSPACE_FROM, subspace iteration from a fixed
+    random start finds the top `keep` in 0.9 s instead: each round multiplies keep + 64
+    columns by K and orthonormalises them, and the last is resolved by the eigen-
+    decomposition of the small K restricted to them. Measured on a 20-s clip of speech
+    and the 10-s music, the Gram that 6 rounds' directions keep leaves out 1.0001 and
+    1.0000 times what the exact top 256 leave out (2 rounds: 1.025 and 1.010)."""
+    k = K.shape[0]
+    if k <= max(SUBSPACE_FROM, keep + SUBSPACE_EXTRA):
+        return torch.linalg.eigh(K)[1][:, -keep:]  # ascending
+    start = torch.Generator().manual_seed(0)
+    Q = torch.randn(k, keep + SUBSPACE_EXTRA, generator=start, dtype=K.dtype).to(K.device)
+    for _ in range(SUBSPACE_ITERATIONS):
+        Q = torch.linalg.qr(K @ Q).Q
+    _, vectors = torch.linalg.eigh(Q.T @ K @ Q)
+    return Q @ vectors[:, -keep:]
 
 
 def _merged(factor, values, part, keep):
