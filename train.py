@@ -187,7 +187,8 @@ def build_parser():
                         "over -tol_window iterations; 0 runs all -epochs (default: 0.003 "
                         "for lbfgs, where the loss is flat long before its budget; 0 for "
                         "adam, as the reference); a first pass over segments, which a "
-                        "second refines, stops at 3 times it")
+                        "second refines, stops at 3 times it, the second at half of it "
+                        "over half the window")
     p.add_argument("-tol_window", type=number(int, 1), default=20)
     p.add_argument("-print_interval", type=number(int, 1), default=None,
                    help="print the losses every this many iterations of a clip optimised "
