@@ -356,9 +356,9 @@ def _merged(factor, values, part, keep):
     Y has orthogonal columns, so `values` gives the first k x k block of K = [factor,
     part]^T [factor, part] for nothing (None: not yet known), and the new factor is made
     without copying the two side by side. K's eigenvectors are found in float64: its
-    eigenvalues span more than float32 resolves (on that style, the 256th is 1.2e-5 of the first), and in
-    float32 the factor left out 1.0015 times what the best of its rank leaves out, against
-    1.0003 (keeping 512 columns; at 384, 1.0076 against 1.0025)."""
+    eigenvalues span more than float32 resolves (on that style, the 256th is 1.2e-5 of the
+    first), and in float32 the factor left out 1.0015 times what the best of its rank
+    leaves out, against 1.0003 (keeping 512 columns; at 384, 1.0076 against 1.0025)."""
     k = factor.shape[1]
     K = factor.new_empty(k + part.shape[1], k + part.shape[1])
     if values is None:
