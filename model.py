@@ -429,9 +429,10 @@ class StyleLoss(nn.Module):
             signed = style.factor if style.signs is None else style.factor * style.signs
             self.register_buffer("gram", signed @ style.factor.T)
 
-    def forward(self, gen_features, frames=None, whole=None, share=None):
+    def forward(self, gen_features, frames=None, whole=None, share=None, target=None):
         """(B, C, H, T) -> (B,) losses. `frames` (B,): each clip's true frame count in a
-        zero-padded batch.
+        zero-padded batch. `target` (B,): set each clip against this multiple of the
+        style's Gram (a style counted as shorter than it is; see train.py's -style_cap).
 
         Segments of longer clips: `whole` (B,) is the frame count of the clip each is cut
         from, and `share` (B,) the part of the style's Gram it is to carry (by default
@@ -449,6 +450,9 @@ class StyleLoss(nn.Module):
             share = frames / whole if share is None else share
             scale = 1 / share
             W, weight = whole, share * whole / frames
+        if target is not None:  # ||G - a S||^2 = a^2 ||G / a - S||^2, the style kept as it is
+            scale = 1 / target if scale is None else scale / target
+            weight = target ** 2 if weight is None else weight * target ** 2
         if self.normalize:
             scale = 1 / W if scale is None else scale / W
         if self.form == "time":

@@ -106,17 +106,19 @@ PRESETS = {
                       content_weight=100.0, style_weight=1.0, kernel="3x1", channels=32,
                       pitch_ratio=1.0, formant_ratio=1.0, ensemble=1, follow_loudness=0.0,
                       phase="random", griffin_lim_iters=50, griffin_lim_momentum=0.0,
-                      vocoder="griffin_lim", exact=True, tol=0.0),
+                      vocoder="griffin_lim", exact=True, tol=0.0, style_cap=0.0),
     # Converting a voice: the setting that measured best across the reference's pairs and
     # real LibriSpeech readers (EXPERIMENTS.md). A second random network 5 frames wide
     # carries the style (how the spectrum moves, not only its shape), the content keeps
     # the 3x1 one; the content's formants moved toward where the style's pitch says
     # that voice's are (without it the content loss holds the content's); loudness half
     # way back to the content's contour keeps syllables and pauses; Griffin-Lim from the
-    # content's phase, fast; HiFi-GAN renders the result.
+    # content's phase, fast; HiFi-GAN renders the result. A style recording longer than
+    # twice the content counts as twice as long (the longest measured in this setting):
+    # more of the voice to draw from, no louder a result.
     "voice": dict(style_kernel="3x5", style_weight=0.1, formant_ratio="auto",
                   follow_loudness=0.5, phase="content", griffin_lim_momentum=0.99,
-                  vocoder="hifigan"),
+                  vocoder="hifigan", style_cap=float(LONGER_STYLE)),
 }
 
 
@@ -223,6 +225,11 @@ def build_parser():
                         "or whichever is cheaper for the clips")
     p.add_argument("-normalize_gram", action="store_true",
                    help="divide each Gram by its clip's frame count (the reference does not)")
+    p.add_argument("-style_cap", type=number(float, 0), default=0.0,
+                   help="count a style more than this many times as long as the content as "
+                        "only that long (its Gram scaled down to that length), so that a long "
+                        "recording of the voice asks for no louder a result; 0: off (the "
+                        "reference)")
     p.add_argument("-pitch_ratio", type=ratio, default=1.0,
                    help="before the transfer, move the content's harmonics up by this factor "
                         "(its spectral envelope stays); 'auto': the style's median F0 over "
@@ -403,7 +410,8 @@ class Transfer:
     `style`: the style's log spectrogram (F, Ts), or its StyleGram made by
     style_statistics() through `nets`' style network. `whole_frames` (B,): for segments,
     the frame count of the clip each is cut from, and `shares` (B,) the part of the
-    style's Gram each is to carry (see StyleLoss). `initial`: the starting spectrograms
+    style's Gram each is to carry (see StyleLoss); `targets` (B,), the multiple of the
+    style's Gram each is set against (-style_cap). `initial`: the starting spectrograms
     (F, T_b), instead of drawing them as `init` says. `first_step`, `stop_at_rounding`:
     L-BFGS's options of those names (lbfgs.LBFGS).
     """
@@ -411,8 +419,8 @@ class Transfer:
     def __init__(self, content_specs, style, *, device, seed=0, kernel=(3, 1), channels=32,
                  content_weight=100.0, style_weight=1.0, learning_rate=None, optimizer="adam",
                  init="noise", style_form="auto", normalize_gram=False, style_kernel=None,
-                 nets=None, whole_frames=None, shares=None, initial=None, first_step=None,
-                 stop_at_rounding=False):
+                 nets=None, whole_frames=None, shares=None, targets=None, initial=None,
+                 first_step=None, stop_at_rounding=False):
         reuse_freed_memory()
         self.device = device
         self.frames = [spec.shape[1] for spec in content_specs]
@@ -431,6 +439,9 @@ class Transfer:
             self.frame_counts = frames.float()
             if shares is not None:
                 self.shares = torch.tensor(shares, device=device, dtype=torch.float32)
+        self.targets = None
+        if targets is not None and any(t != 1 for t in targets):
+            self.targets = torch.tensor(targets, device=device, dtype=torch.float32)
 
         def padded(spec):
             return torch.nn.functional.pad(torch.as_tensor(spec), (0, longest - spec.shape[1]))
@@ -474,7 +485,8 @@ class Transfer:
         content = content_loss(features, self.content_features, self.frame_counts)
         if self.style_net is not self.net:
             features = self.features(self.spec, self.style_net)
-        style = self.style_loss(features, self.frame_counts, self.whole, self.shares)
+        style = self.style_loss(features, self.frame_counts, self.whole, self.shares,
+                                self.targets)
         return self.content_weight * content, self.style_weight * style
 
     def step(self):
@@ -984,6 +996,18 @@ def style_shares(content_specs, plans, style_net):
     return shares
 
 
+def style_targets(args, content_specs, style_frames):
+    """Per content clip, the multiple of the style's Gram it is set against: 1, or with
+    -style_cap X, X times its frame count over the style's where the style is longer
+    than that. The reference's Grams are sums over frames, so a clip that is to match a
+    much longer style's can only grow louder (the long clips' section of EXPERIMENTS.md);
+    scaled, the style's Gram is what a style of that length with the same statistics
+    would have. With -normalize_gram lengths no longer count, and neither does the cap."""
+    cap = 0 if args.normalize_gram else args.style_cap
+    return [min(1.0, cap * spec.shape[1] / style_frames) if cap else 1.0
+            for spec in content_specs]
+
+
 def frame_energy(spec, net):
     """(T,) squared norm of each frame's features through `net`."""
     return torch.cat([features.double().pow(2).sum(dim=(0, 1, 2)).cpu()
@@ -1030,6 +1054,7 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
     plans = segment_plan(args, [spec.shape[1] for spec in content_specs])
     items = [(c, start, stop) for c, bounds in enumerate(plans) for start, stop in bounds]
     shares = style_shares(content_specs, plans, nets[1])
+    targets = style_targets(args, content_specs, gram.frames)
     refined = [item for item in items if len(plans[item[0]]) > 1]
     passes = args.passes if refined and gram.factor is not None else 1
     # a first pass that a later one refines is only its start: it stops sooner (at a looser
@@ -1047,13 +1072,15 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
     evaluations, begun, ran = 0, time.perf_counter(), 0
 
     def optimise_group(group, style, initial, tol=args.tol, stage=None, window=args.tol_window,
-                       rough=False):
+                       rough=False, scaled=False):
         nonlocal evaluations, why, ran
         t = make_transfer(args, [content_specs[c][:, a:b] for c, a, b in group], style,
                           device, seed, nets=nets,
                           whole_frames=[content_specs[c].shape[1] for c, _, _ in group],
-                          shares=[shares.get(item, 1.0) for item in group], initial=initial,
-                          first_step=first_steps.get(stage), stop_at_rounding=rough)
+                          shares=[shares.get(item, 1.0) for item in group],
+                          targets=None if scaled else [targets[c] for c, _, _ in group],
+                          initial=initial, first_step=first_steps.get(stage),
+                          stop_at_rounding=rough)
         if evaluations == 0:
             log(f"{len(content_specs)} content clip(s) {[s.shape[1] for s in content_specs]}"
                 f" frames in {len(items)} segment(s), style {style_spec.shape[1]} frames "
@@ -1085,8 +1112,8 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
             later = functools.partial(optimise_group, tol=args.tol * REFINE_WINDOW,
                                       window=max(1, round(args.tol_window * REFINE_WINDOW)))
             for _ in range(passes - 1):
-                if not refine(content_specs, plans, results, shares, gram, nets[1], rank,
-                              device, later):
+                if not refine(content_specs, plans, results, shares, gram, targets,
+                              nets[1], rank, device, later):
                     break
     except KeyboardInterrupt:  # while a segment was being set up
         why = "interrupted (Ctrl-C): writing what the finished segments reached"
@@ -1113,10 +1140,11 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
     return generated, curves, why or "nothing to optimise"
 
 
-def refine(content_specs, plans, results, shares, gram, style_net, rank, device,
+def refine(content_specs, plans, results, shares, gram, targets, style_net, rank, device,
            optimise_group):
     """One more pass over the clips of several segments, each segment against the
-    residual of its whole clip as stitched now. Returns False if Ctrl-C stopped it."""
+    residual of its whole clip as stitched now, with `targets` times the style's Gram
+    (-style_cap). Returns False if Ctrl-C stopped it."""
     for c, bounds in enumerate(plans):
         if len(bounds) == 1:
             continue
@@ -1124,13 +1152,16 @@ def refine(content_specs, plans, results, shares, gram, style_net, rank, device,
         # the stitched clip's Gram, as a factor of the style's rank (of 2 x the default
         # for an exact style, whose rank would grow with the clip)
         whole = style_statistics(clip, style_net, rank or 2 * STYLE_RANK, device)
+        # the style's part of the residual is what -style_cap scales, not the clip's
+        style = gram if targets[c] == 1 else gram.scaled(targets[c])
         for bound in bounds:
             item = (c, *bound)
             with torch.no_grad():
                 own = style_net(torch.as_tensor(results[item]).to(device)[None])
             own = own.flatten(1, 2)[0] / shares[item] ** 0.5
-            target = gram.corrected(own, whole, REFINE_RANK)
-            if not optimise_group([item], target, [results[item]], stage="refine"):
+            target = style.corrected(own, whole, REFINE_RANK)
+            if not optimise_group([item], target, [results[item]], stage="refine",
+                                  scaled=True):
                 return False
     return True
 
@@ -1159,13 +1190,18 @@ def optimise_ensemble(args, content_specs, style_spec, device, progress=True):
     CNNs that finished; only when none did, what the interrupted one reached.
     """
     longer = style_spec.shape[1] / min(spec.shape[1] for spec in content_specs)
+    if args.style_cap and longer > args.style_cap and not args.normalize_gram:
+        log(f"-style_cap {args.style_cap:g}: the style ({style_spec.shape[1]} frames) "
+            f"counts as {args.style_cap:g} times as long as the content, its Gram scaled "
+            f"down to that")
+        longer = args.style_cap
     if longer > LONGER_STYLE and not args.normalize_gram:
         # the reference's Grams are sums over frames, not means: a shorter clip can only
         # match a longer style's by growing louder, and far enough it overflows
         log(f"the style is {longer:.1f} times as long as the content: the reference's "
             f"objective then asks for a result about {longer ** 0.5:.1f} times as loud in "
-            f"its features, which can run out of range; -normalize_gram compares Grams "
-            f"per frame, or give a style as long as the content")
+            f"its features, which can run out of range; -style_cap {LONGER_STYLE} counts it "
+            f"as {LONGER_STYLE} times as long, -normalize_gram compares Grams per frame")
     results, runs = [], []
     for seed in range(args.seed, args.seed + args.ensemble):
         if args.ensemble > 1:

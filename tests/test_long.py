@@ -476,6 +476,39 @@ def test_a_style_far_longer_than_the_content_gets_a_note(tone, capsys):
     assert "times as long" not in capsys.readouterr().err
 
 
+def test_style_cap_counts_a_long_style_as_that_many_times_the_content(tone, capsys):
+    """-style_cap X: a style more than X times the content's length is set against as if it
+    were X times as long, its Gram scaled by X T / Ts: a style of the same clip said k times
+    over (whose Gram, through a network one frame wide, is k times the clip's) then gives
+    the run it gives said once at X = 1. Within the cap nothing changes, and no note
+    about the style's length is printed for a capped style."""
+    content, once = tone(0.4, f0=110), tone(0.4, f0=230, seed=1)
+    spec = utils.log_spectrogram(once)
+    args = _args("-style_cap", "1")
+    contents = [utils.log_spectrogram(content), utils.log_spectrogram(tone(1.0, f0=120))]
+    assert train.style_targets(args, contents, 3 * spec.shape[1]) == pytest.approx(
+        [1 / 3, min(1.0, contents[1].shape[1] / (3 * spec.shape[1]))])
+    assert train.style_targets(_args(), contents, 3 * spec.shape[1]) == [1.0, 1.0]
+    normalized = _args("-style_cap", "1", "-normalize_gram")  # lengths do not count there
+    assert train.style_targets(normalized, contents, 3 * spec.shape[1]) == [1.0, 1.0]
+
+    # three times over, as a spectrogram: the same frames, so exactly three times the Gram
+    thrice = np.concatenate([spec] * 3, axis=1)
+    for segments in ((), ("-segment", "0.15", "-overlap", "0.03")):  # whole; two passes
+        made = {}
+        for name, style, extra in (("once", spec, ()), ("thrice", thrice, ("-style_cap", "1")),
+                                   ("within", spec, ("-style_cap", "1"))):
+            a = _args("-epochs", "5", *segments, *extra)
+            made[name] = train.run_random_cnn(a, [contents[0]], style, CPU, 0,
+                                              progress=False)[0][0]
+        assert np.abs(made["thrice"] - made["once"]).max() < 1e-4
+        assert np.array_equal(made["within"], made["once"])  # within the cap: untouched
+    capsys.readouterr()
+    optimise(_args("-epochs", "1", "-style_cap", "2"), [content], tone(2.0, f0=230))
+    err = capsys.readouterr().err
+    assert "-style_cap 2: the style" in err and "times as long as the content:" not in err
+
+
 def test_each_segment_of_a_pass_starts_at_the_step_the_last_one_took(pair, monkeypatch):
     """From the noise start the first line search spends some 15 evaluations growing the
     short gradient step; segments of one clip are alike, so each one after the first in a

@@ -183,6 +183,28 @@ def test_normalized_gram_divides_each_gram_by_its_frames():
         assert got == pytest.approx(expected, rel=1e-10)
 
 
+def test_a_target_multiple_sets_each_clip_against_that_multiple_of_the_style_gram():
+    """target a: ||G_g - a G_s||^2 / (4 C^2 H W), per clip of a batch; with a segment's
+    share and whole clip as well, the segment's share of a G_s."""
+    rng = np.random.default_rng(3)
+    gen = torch.tensor(rng.standard_normal((2, 2, 3, 4)))
+    style = torch.tensor(rng.standard_normal((1, 2, 3, 7)))
+    Gs = gram_over_time(style)
+    targets = torch.tensor([0.25, 1.0], dtype=torch.float64)
+    expected = [((gram_over_time(gen[b:b + 1]) - a * Gs) ** 2).sum().item() / (4 * 4 * 3 * 4)
+                for b, a in enumerate(targets.tolist())]
+    share, whole = torch.tensor([0.4, 0.4], dtype=torch.float64), torch.tensor([10.0, 10.0])
+    # the reference's loss of a 10-frame clip whose Gram is this segment's over its share
+    expected_segment = [((gram_over_time(gen[b:b + 1]) / 0.4 - a * Gs) ** 2).sum().item()
+                        / (4 * 4 * 3 * 10) * 0.4 * 10 / 4
+                        for b, a in enumerate(targets.tolist())]
+    for form in ("time", "gram"):
+        loss = StyleLoss(style, 4, form=form)
+        assert loss(gen, target=targets).tolist() == pytest.approx(expected, rel=1e-10)
+        got = loss(gen, whole=whole, share=share, target=targets).tolist()
+        assert got == pytest.approx(expected_segment, rel=1e-10)
+
+
 def test_automatic_form_is_the_cheaper_one():
     rows = 8160
     for gen, style in [(244, 355), (600, 700), (4000, 4000), (5000, 4000), (31000, 31000)]:

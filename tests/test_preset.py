@@ -12,7 +12,8 @@ from conftest import ROOT
 REFERENCE = ("-optimizer adam -epochs 20000 -learning_rate 0.001 -init noise "
              "-content_weight 100 -style_weight 1 -kernel 3x1 -channels 32 -pitch_ratio 1 "
              "-formant_ratio 1 -ensemble 1 -follow_loudness 0 -phase random "
-             "-griffin_lim_iters 50 -griffin_lim_momentum 0 -vocoder griffin_lim -exact -tol 0").split()
+             "-griffin_lim_iters 50 -griffin_lim_momentum 0 -vocoder griffin_lim -exact -tol 0 "
+             "-style_cap 0").split()
 
 
 def parse(argv, parser=None):
@@ -30,7 +31,7 @@ def test_reference_expands_to_the_documented_flags():
 
 
 VOICE = ("-style_kernel 3x5 -style_weight 0.1 -formant_ratio auto -follow_loudness 0.5 "
-         "-phase content -griffin_lim_momentum 0.99 -vocoder hifigan").split()
+         "-phase content -griffin_lim_momentum 0.99 -vocoder hifigan -style_cap 2").split()
 
 
 def test_voice_expands_to_the_documented_flags_and_leaves_the_rest_default():
