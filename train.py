@@ -1054,7 +1054,7 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
     plans = segment_plan(args, [spec.shape[1] for spec in content_specs])
     items = [(c, start, stop) for c, bounds in enumerate(plans) for start, stop in bounds]
     shares = style_shares(content_specs, plans, nets[1])
-    targets = style_targets(args, content_specs, gram.frames)
+    targets = style_targets(args, content_specs, gram.frames)  # per clip
     refined = [item for item in items if len(plans[item[0]]) > 1]
     passes = args.passes if refined and gram.factor is not None else 1
     # a first pass that a later one refines is only its start: it stops sooner (at a looser
@@ -1072,13 +1072,15 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
     evaluations, begun, ran = 0, time.perf_counter(), 0
 
     def optimise_group(group, style, initial, tol=args.tol, stage=None, window=args.tol_window,
-                       rough=False, scaled=False):
+                       rough=False, group_targets=None):
+        # group_targets: the multiples of `style` its clips are set against (-style_cap);
+        # a later pass's target has the style's multiple in it already
         nonlocal evaluations, why, ran
         t = make_transfer(args, [content_specs[c][:, a:b] for c, a, b in group], style,
                           device, seed, nets=nets,
                           whole_frames=[content_specs[c].shape[1] for c, _, _ in group],
                           shares=[shares.get(item, 1.0) for item in group],
-                          targets=None if scaled else [targets[c] for c, _, _ in group],
+                          targets=group_targets,
                           initial=initial, first_step=first_steps.get(stage),
                           stop_at_rounding=rough)
         if evaluations == 0:
@@ -1106,7 +1108,8 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
             if not optimise_group(group, first_gram if looser else gram,
                                   [starts[c][:, a:b] for c, a, b in group],
                                   args.tol * FIRST_PASS_TOL if looser else args.tol,
-                                  "first" if segmented else None, rough=looser):
+                                  "first" if segmented else None, rough=looser,
+                                  group_targets=[targets[c] for c, _, _ in group]):
                 break
         else:
             later = functools.partial(optimise_group, tol=args.tol * REFINE_WINDOW,
@@ -1160,8 +1163,7 @@ def refine(content_specs, plans, results, shares, gram, targets, style_net, rank
                 own = style_net(torch.as_tensor(results[item]).to(device)[None])
             own = own.flatten(1, 2)[0] / shares[item] ** 0.5
             target = style.corrected(own, whole, REFINE_RANK)
-            if not optimise_group([item], target, [results[item]], stage="refine",
-                                  scaled=True):
+            if not optimise_group([item], target, [results[item]], stage="refine"):
                 return False
     return True
 
@@ -1190,11 +1192,11 @@ def optimise_ensemble(args, content_specs, style_spec, device, progress=True):
     CNNs that finished; only when none did, what the interrupted one reached.
     """
     longer = style_spec.shape[1] / min(spec.shape[1] for spec in content_specs)
-    if args.style_cap and longer > args.style_cap and not args.normalize_gram:
+    if min(style_targets(args, content_specs, style_spec.shape[1])) < 1:
         log(f"-style_cap {args.style_cap:g}: the style ({style_spec.shape[1]} frames) "
             f"counts as {args.style_cap:g} times as long as the content, its Gram scaled "
             f"down to that")
-        longer = args.style_cap
+        longer = args.style_cap  # for the shortest clip, which the cap scales most
     if longer > LONGER_STYLE and not args.normalize_gram:
         # the reference's Grams are sums over frames, not means: a shorter clip can only
         # match a longer style's by growing louder, and far enough it overflows
