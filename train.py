@@ -106,7 +106,8 @@ PRESETS = {
                       content_weight=100.0, style_weight=1.0, kernel="3x1", channels=32,
                       pitch_ratio=1.0, formant_ratio=1.0, ensemble=1, follow_loudness=0.0,
                       phase="random", griffin_lim_iters=50, griffin_lim_momentum=0.0,
-                      vocoder="griffin_lim", exact=True, tol=0.0, style_cap=0.0),
+                      vocoder="griffin_lim", exact=True, tol=0.0, style_cap=0.0,
+                      style_floor=0.0),
     # Converting a voice: the setting that measured best across the reference's pairs and
     # real LibriSpeech readers (EXPERIMENTS.md). A second random network 5 frames wide
     # carries the style (how the spectrum moves, not only its shape), the content keeps
@@ -232,6 +233,12 @@ def build_parser():
                    help="count a style more than this many times as long as the content as "
                         "only that long (its Gram scaled down to that length), so that a long "
                         "recording of the voice asks for no louder a result; 0: off (the "
+                        "reference)")
+    p.add_argument("-style_floor", type=number(float, 0), default=0.0,
+                   help="count a style less than this many times as long as the content as "
+                        "that long (its Gram scaled up to that length), so that a content "
+                        "much longer than the recording of the voice is set against as much "
+                        "of it per frame as a sentence is; at most -style_cap; 0: off (the "
                         "reference)")
     p.add_argument("-pitch_ratio", type=ratio, default=1.0,
                    help="before the transfer, move the content's harmonics up by this factor "
@@ -1000,15 +1007,24 @@ def style_shares(content_specs, plans, style_net):
 
 
 def style_targets(args, content_specs, style_frames):
-    """Per content clip, the multiple of the style's Gram it is set against: 1, or with
-    -style_cap X, X times its frame count over the style's where the style is longer
-    than that. The reference's Grams are sums over frames, so a clip that is to match a
-    much longer style's can only grow louder (the long clips' section of EXPERIMENTS.md);
-    scaled, the style's Gram is what a style of that length with the same statistics
-    would have. With -normalize_gram lengths no longer count, and neither does the cap."""
-    cap = 0 if args.normalize_gram else args.style_cap
-    return [min(1.0, cap * spec.shape[1] / style_frames) if cap else 1.0
-            for spec in content_specs]
+    """Per content clip, the multiple of the style's Gram it is set against: the length
+    the style counts as over its own. It counts as it is, or with -style_cap X as X times
+    the clip's frame count where it is longer than that, and with -style_floor Y as Y
+    times it where it is shorter. The reference's Grams are sums over frames: a clip that
+    is to match a much longer style's can only grow louder (the long clips' section of
+    EXPERIMENTS.md), and one much longer than the style is asked for little of the style
+    in each frame. Scaled, the style's Gram is what a style of the length it counts as,
+    with the same statistics, would have. With -normalize_gram lengths no longer count."""
+    if args.normalize_gram:
+        return [1.0] * len(content_specs)
+    multiples = []
+    for spec in content_specs:
+        counted = float(style_frames)
+        if args.style_cap:
+            counted = min(counted, args.style_cap * spec.shape[1])
+        counted = max(counted, args.style_floor * spec.shape[1])
+        multiples.append(counted / style_frames)
+    return multiples
 
 
 def frame_energy(spec, net):
@@ -1195,11 +1211,16 @@ def optimise_ensemble(args, content_specs, style_spec, device, progress=True):
     CNNs that finished; only when none did, what the interrupted one reached.
     """
     longer = style_spec.shape[1] / min(spec.shape[1] for spec in content_specs)
-    if min(style_targets(args, content_specs, style_spec.shape[1])) < 1:
+    multiples = style_targets(args, content_specs, style_spec.shape[1])
+    if min(multiples) < 1:
         log(f"-style_cap {args.style_cap:g}: the style ({style_spec.shape[1]} frames) "
             f"counts as {args.style_cap:g} times as long as the content, its Gram scaled "
             f"down to that")
         longer = args.style_cap  # for the shortest clip, which the cap scales most
+    if max(multiples) > 1:
+        log(f"-style_floor {args.style_floor:g}: the style ({style_spec.shape[1]} frames) "
+            f"counts as {args.style_floor:g} times as long as the content, its Gram scaled "
+            f"up {max(multiples):.2f} times for the longest clip")
     if longer > LONGER_STYLE and not args.normalize_gram:
         # the reference's Grams are sums over frames, not means: a shorter clip can only
         # match a longer style's by growing louder, and far enough it overflows
@@ -1388,6 +1409,10 @@ class VoiceTransfer:
         """Run with `settings`, a namespace of train.py's flags, its defaults settled."""
         settle_defaults(settings)
         check_seeds([settings.seed], settings.ensemble)
+        if 0 < settings.style_cap < settings.style_floor:
+            raise UsageError(f"-style_floor {settings.style_floor:g} is above -style_cap "
+                             f"{settings.style_cap:g}: the style cannot count as longer than "
+                             f"its cap")
         self.settings, self.device = settings, pick_device(settings.device)
 
     def load(self, audio):

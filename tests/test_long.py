@@ -512,6 +512,47 @@ def test_style_cap_counts_a_long_style_as_that_many_times_the_content(tone, caps
     assert "-style_cap 2: the style" in err and "times as long as the content:" not in err
 
 
+def test_style_floor_counts_a_short_style_as_that_many_times_the_content(tone, capsys):
+    """-style_floor Y: a style less than Y times the content's length is set against as if
+    it were Y times as long, its Gram scaled by Y T / Ts: against a content three times
+    its length, the style said once at Y = 1 gives the run it gives said three times over.
+    A style longer than that is untouched; the cap bounds the floor; the run says so."""
+    once = utils.log_spectrogram(tone(0.4, f0=230, seed=1))
+    Ts = once.shape[1]
+    content = utils.log_spectrogram(tone(1.4, f0=110))[:, :3 * Ts]  # exactly three times
+    other = utils.log_spectrogram(tone(0.3, f0=120))  # shorter than the style
+    assert train.style_targets(_args("-style_floor", "1"), [content, other], Ts) == \
+        pytest.approx([3.0, 1.0])
+    assert train.style_targets(_args("-style_floor", "0.5"), [content], Ts) == \
+        pytest.approx([1.5])
+    # a style past its cap is scaled down, one short of the floor up, in one run
+    both = _args("-style_cap", "2", "-style_floor", "1")
+    assert train.style_targets(both, [content, other], 3 * Ts) == pytest.approx(
+        [1.0, 2 * other.shape[1] / (3 * Ts)])
+    assert train.style_targets(_args("-style_floor", "1", "-normalize_gram"), [content],
+                               Ts) == [1.0]
+
+    thrice = np.concatenate([once] * 3, axis=1)
+    for segments in ((), ("-segment", "0.15", "-overlap", "0.03")):  # whole; two passes
+        made = {}
+        for name, style, extra in (("thrice", thrice, ()), ("floor", once, ("-style_floor", "1")),
+                                   ("within", thrice, ("-style_floor", "1"))):
+            a = _args("-epochs", "3", *segments, *extra)  # few: see the -style_cap test
+            made[name] = train.run_random_cnn(a, [content], style, CPU, 0,
+                                              progress=False)[0][0]
+        assert np.abs(made["floor"] - made["thrice"]).max() < 1e-4
+        assert np.array_equal(made["within"], made["thrice"])  # as long already: untouched
+    capsys.readouterr()
+    optimise(_args("-epochs", "1", "-style_floor", "1"), [tone(1.2, f0=110)], tone(0.4, f0=230))
+    assert "-style_floor 1: the style" in capsys.readouterr().err
+
+
+def test_a_style_floor_above_its_cap_is_one_line(capsys):
+    assert train.main(["-style_floor", "3", "-style_cap", "2", "-epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "-style_floor 3 is above -style_cap 2" in err
+
+
 def test_each_segment_of_a_pass_starts_at_the_step_the_last_one_took(pair, monkeypatch):
     """From the noise start the first line search spends some 15 evaluations growing the
     short gradient step; segments of one clip are alike, so each one after the first in a

@@ -14,7 +14,7 @@ REFERENCE = ("-optimizer adam -epochs 20000 -learning_rate 0.001 -init noise "
              "-content_weight 100 -style_weight 1 -kernel 3x1 -channels 32 -pitch_ratio 1 "
              "-formant_ratio 1 -ensemble 1 -follow_loudness 0 -phase random "
              "-griffin_lim_iters 50 -griffin_lim_momentum 0 -vocoder griffin_lim -exact -tol 0 "
-             "-style_cap 0").split()
+             "-style_cap 0 -style_floor 0").split()
 
 
 def parse(argv, parser=None):
