@@ -432,7 +432,8 @@ class StyleLoss(nn.Module):
     def forward(self, gen_features, frames=None, whole=None, share=None, target=None):
         """(B, C, H, T) -> (B,) losses. `frames` (B,): each clip's true frame count in a
         zero-padded batch. `target` (B,): set each clip against this multiple of the
-        style's Gram (a style counted as shorter than it is; see train.py's -style_cap).
+        style's Gram (a style counted as shorter or longer than it is; see train.py's
+        -style_cap and -style_floor).
 
         Segments of longer clips: `whole` (B,) is the frame count of the clip each is cut
         from, and `share` (B,) the part of the style's Gram it is to carry (by default

@@ -116,13 +116,16 @@ PRESETS = {
     # way back to the content's contour keeps syllables and pauses; Griffin-Lim from the
     # content's phase, fast; HiFi-GAN renders the result. A style recording longer than
     # twice the content counts as twice as long (the longest measured in this setting):
-    # more of the voice to draw from, no louder a result. Segments of 5 s: sentences up to
+    # more of the voice to draw from, no louder a result. One shorter than the content
+    # counts as long as it: a paragraph against a sentence of the voice moved half as far
+    # without (LibriSpeech, 15-18 s against 3-4.5 s). Segments of 5 s: sentences up to
     # 7.5 s are optimised whole and longer ones in fewer, longer pieces; cut in 3-s
     # segments, this setting's LibriSpeech sentences of 5-9 s came out less natural and
     # less clear (DNSMOS lower on 10 of 11, STOI on 10 of 11), in about 0.8 times the time.
     "voice": dict(style_kernel="3x5", style_weight=0.1, formant_ratio="auto",
                   follow_loudness=0.5, phase="content", griffin_lim_momentum=0.99,
-                  vocoder="hifigan", style_cap=float(LONGER_STYLE), segment=5.0),
+                  vocoder="hifigan", style_cap=float(LONGER_STYLE), style_floor=1.0,
+                  segment=5.0),
 }
 
 
@@ -421,7 +424,7 @@ class Transfer:
     style_statistics() through `nets`' style network. `whole_frames` (B,): for segments,
     the frame count of the clip each is cut from, and `shares` (B,) the part of the
     style's Gram each is to carry (see StyleLoss); `targets` (B,), the multiple of the
-    style's Gram each is set against (-style_cap). `initial`: the starting spectrograms
+    style's Gram each is set against (style_targets). `initial`: the starting spectrograms
     (F, T_b), instead of drawing them as `init` says. `first_step`, `stop_at_rounding`:
     L-BFGS's options of those names (lbfgs.LBFGS).
     """
@@ -1092,7 +1095,7 @@ def run_random_cnn(args, content_specs, style_spec, device, seed, progress=True)
 
     def optimise_group(group, style, initial, tol=args.tol, stage=None, window=args.tol_window,
                        rough=False, group_targets=None):
-        # group_targets: the multiples of `style` its clips are set against (-style_cap);
+        # group_targets: the multiples of `style` its clips are set against (style_targets);
         # a later pass's target has the style's multiple in it already
         nonlocal evaluations, why, ran
         t = make_transfer(args, [content_specs[c][:, a:b] for c, a, b in group], style,
@@ -1166,7 +1169,7 @@ def refine(content_specs, plans, results, shares, gram, targets, style_net, rank
            optimise_group):
     """One more pass over the clips of several segments, each segment against the
     residual of its whole clip as stitched now, with `targets` times the style's Gram
-    (-style_cap). Returns False if Ctrl-C stopped it."""
+    (style_targets). Returns False if Ctrl-C stopped it."""
     for c, bounds in enumerate(plans):
         if len(bounds) == 1:
             continue
@@ -1174,7 +1177,7 @@ def refine(content_specs, plans, results, shares, gram, targets, style_net, rank
         # the stitched clip's Gram, as a factor of the style's rank (of 2 x the default
         # for an exact style, whose rank would grow with the clip)
         whole = style_statistics(clip, style_net, rank or 2 * STYLE_RANK, device)
-        # the style's part of the residual is what -style_cap scales, not the clip's
+        # the style's part of the residual is what style_targets scales, not the clip's
         style = gram if targets[c] == 1 else gram.scaled(targets[c])
         for bound in bounds:
             item = (c, *bound)

@@ -32,7 +32,8 @@ def test_reference_expands_to_the_documented_flags():
 
 
 VOICE = ("-style_kernel 3x5 -style_weight 0.1 -formant_ratio auto -follow_loudness 0.5 "
-         "-phase content -griffin_lim_momentum 0.99 -vocoder hifigan -style_cap 2 -segment 5").split()
+         "-phase content -griffin_lim_momentum 0.99 -vocoder hifigan -style_cap 2 "
+         "-style_floor 1 -segment 5").split()
 
 
 def test_voice_expands_to_the_documented_flags_and_leaves_the_rest_default():
@@ -50,7 +51,8 @@ def test_voice_optimises_a_sentence_whole_that_the_default_cuts():
     segments cut it in three), one just past 7.5 s two, and a 20 s paragraph goes in 5-s
     segments, fewer than the default's."""
     seconds = lambda s: round(s * utils.SAMPLE_RATE / utils.HOP)
-    voice, default = (train.build_parser().parse_args(argv) for argv in (["-preset", "voice"], []))
+    voice, default = (train.build_parser().parse_args(argv)
+                      for argv in (["-preset", "voice"], []))
     sentence, longer, paragraph = seconds(7.4), seconds(7.6), seconds(20)
     assert train.segment_plan(voice, [sentence]) == [[(0, sentence)]]
     assert len(train.segment_plan(default, [sentence])[0]) == 3
@@ -58,7 +60,8 @@ def test_voice_optimises_a_sentence_whole_that_the_default_cuts():
     five, three = (train.segment_plan(args, [paragraph])[0] for args in (voice, default))
     assert (len(five), len(three)) == (4, 7)
     assert five[0][0] == 0 and five[-1][1] == paragraph
-    assert all(seconds(5) <= stop - start < seconds(5 * train.WHOLE_WITHIN) for start, stop in five)
+    assert all(seconds(5) <= stop - start < seconds(5 * train.WHOLE_WITHIN)
+               for start, stop in five)
 
 
 def test_a_preset_value_is_checked_as_its_flag_is(monkeypatch, capsys):
