@@ -516,7 +516,8 @@ def test_style_floor_counts_a_short_style_as_that_many_times_the_content(tone, c
     """-style_floor Y: a style less than Y times the content's length is set against as if
     it were Y times as long, its Gram scaled by Y T / Ts: against a content three times
     its length, the style said once at Y = 1 gives the run it gives said three times over.
-    A style longer than that is untouched; the cap bounds the floor; the run says so."""
+    A style longer than that is untouched; with a cap too, a longer style is scaled down and
+    a shorter one up; the run says so."""
     once = utils.log_spectrogram(tone(0.4, f0=230, seed=1))
     Ts = once.shape[1]
     content = utils.log_spectrogram(tone(1.4, f0=110))[:, :3 * Ts]  # exactly three times
@@ -525,10 +526,11 @@ def test_style_floor_counts_a_short_style_as_that_many_times_the_content(tone, c
         pytest.approx([3.0, 1.0])
     assert train.style_targets(_args("-style_floor", "0.5"), [content], Ts) == \
         pytest.approx([1.5])
-    # a style past its cap is scaled down, one short of the floor up, in one run
+    # twice Ts: short of the first clip's floor (scaled up), past the second's cap (down)
     both = _args("-style_cap", "2", "-style_floor", "1")
-    assert train.style_targets(both, [content, other], 3 * Ts) == pytest.approx(
-        [1.0, 2 * other.shape[1] / (3 * Ts)])
+    assert train.style_targets(both, [content, other], 2 * Ts) == pytest.approx(
+        [1.5, 2 * other.shape[1] / (2 * Ts)])
+    assert 2 * other.shape[1] < 2 * Ts < content.shape[1]
     assert train.style_targets(_args("-style_floor", "1", "-normalize_gram"), [content],
                                Ts) == [1.0]
 
