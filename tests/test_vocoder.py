@@ -104,6 +104,25 @@ def test_a_clips_mel_comes_back_at_its_length_and_level(net):
     assert gap(outputs[1.0]) < 0.7
 
 
+def test_a_long_clip_is_rendered_in_blocks_that_join_into_its_whole_rendering(
+        net, monkeypatch):
+    """Blocks of 24 mel frames, each rendered with CONTEXT frames of the clip on either
+    side, give what the generator makes of the whole clip at once, to float32 rounding;
+    with 2 frames of context they do not: the context is what joins them. The mel of a
+    run of frames is those frames of the whole clip's mel, at its edges too."""
+    y = speech()  # 87 mel frames: four blocks
+    frames = len(y) // vocoder.HOP
+    z = y[:frames * vocoder.HOP]
+    for start, stop in [(0, 10), (30, 60), (frames - 10, frames)]:
+        np.testing.assert_allclose(vocoder.mel_from_audio(z, start, stop),
+                                   vocoder.mel_from_audio(z)[:, start:stop], atol=1e-4)
+    whole = vocoder.from_audio(y, block=10 ** 6)
+    peak = np.max(np.abs(whole))
+    assert np.max(np.abs(vocoder.from_audio(y, block=24) - whole)) < 1e-4 * peak
+    monkeypatch.setattr(vocoder, "CONTEXT", 2)
+    assert np.max(np.abs(vocoder.from_audio(y, block=24) - whole)) > 1e-2 * peak
+
+
 @pytest.mark.parametrize("hz", [120.0, 200.0])
 def test_a_tones_mel_comes_back_at_its_pitch(net, hz):
     """Measured: both pitches come back to 0.1 Hz, 2.4-3.8 dB quieter. (A pure sine does
