@@ -1,6 +1,7 @@
 """The options issue 5 measured for transfer quality, each end to end on the shipped clips."""
 import os
 
+import librosa
 import numpy as np
 import pytest
 
@@ -25,6 +26,28 @@ def test_shift_pitch_formants_identity_and_pitch(tone):
     assert peak_hz(utils.log_spectrogram(steady)) == pytest.approx(300, abs=bin_hz)
     shifted = utils.shift_pitch_formants(steady, pitch_ratio=1.5)
     assert peak_hz(shifted) == pytest.approx(450, abs=bin_hz)
+
+
+def test_shift_pitch_formants_a_block_of_frames_at_a_time_is_the_whole(tone):
+    y = tone(0.6, f0=120.0)
+    whole = utils.shift_pitch_formants(y, pitch_ratio=1.2, formant_ratio=1.1)
+    blocks = utils.shift_pitch_formants(y, pitch_ratio=1.2, formant_ratio=1.1, block=17)
+    np.testing.assert_allclose(blocks, whole, atol=1e-5)
+
+
+def test_median_f0_of_a_long_clip_reads_a_bounded_part_of_it(tone, monkeypatch):
+    """pYIN is given pieces of at most F0_PIECE seconds: the whole clip in equal pieces up
+    to F0_PIECES of them, and past that F0_PIECES pieces spread over it, never more. The
+    median is the tone's pitch either way (its glide is symmetric about 150 Hz)."""
+    monkeypatch.setattr(utils, "F0_PIECE", 0.5)
+    read, pyin = [], librosa.pyin
+    monkeypatch.setattr(librosa, "pyin", lambda y, **kw: read.append(len(y)) or pyin(y, **kw))
+    short, long = tone(1.6, f0=150.0), tone(3.3, f0=150.0)
+    assert utils.median_f0(short) == pytest.approx(150, rel=0.02)
+    assert len(read) == 4 and sum(read) == len(short) and max(read) <= 0.5 * 22050
+    read.clear()
+    assert utils.median_f0(long) == pytest.approx(150, rel=0.02)
+    assert read == [int(0.5 * 22050)] * 4
 
 
 def test_formant_ratio_moves_the_envelope_up(tone):
