@@ -1264,10 +1264,10 @@ def memory_needed(args, content_samples, style_samples):
     and the settings; what lets a run that cannot fit be refused before any work.
 
     Grows with the clips only through the audio and its spectrograms (about 50 bytes a
-    sample for a content clip, 12 for the style); the optimisation, the style's Gram and
-    Griffin-Lim work on pieces of bounded size, except with -exact, whose whole-clip
-    features grow with the content's length (and -style_rank full, whose Gram is fixed
-    but large).
+    sample for a content clip, 12 for the style); the optimisation, the style's Gram,
+    Griffin-Lim and HiFi-GAN work on pieces of bounded size, except with -exact, whose
+    whole-clip features grow with the content's length (and -style_rank full, whose Gram
+    is fixed but large).
     """
     rows = args.channels * (utils.N_FFT // 2 - 1)
     floats_per_frame = 12  # feature maps a loss evaluation keeps for its gradient
@@ -1289,6 +1289,8 @@ def memory_needed(args, content_samples, style_samples):
         needed += 4 * rows ** 2 * 3
     chunk = min(max(content_frames), utils.GRIFFIN_LIM_CHUNK)
     needed += 16 * 6 * (utils.N_FFT // 2 + 1) * chunk
+    if args.vocoder == "hifigan":  # its weights and one block's activations, whatever the length
+        needed += vocoder.BLOCK_BYTES
     return needed
 
 

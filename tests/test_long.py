@@ -9,6 +9,7 @@ import torch
 import model
 import train
 import utils
+import vocoder
 from conftest import optimise
 from model import RandomCNN, StyleGram, StyleLoss, style_loss_textbook
 
@@ -391,6 +392,11 @@ def test_memory_estimate_grows_with_exact_clips_and_not_with_segmented_ones():
     short, long = (train.memory_needed(args, [n * minute], 3 * minute) for n in (1, 10))
     assert long - short < 50 * 9 * minute * 1.01  # only the audio and its spectrograms
     assert train.memory_needed(exact, [10 * minute], 3 * minute) > 20 * 2 ** 30
+    # HiFi-GAN renders in blocks: one block's worth more, at any length
+    hifigan = _args("-vocoder", "hifigan")
+    for n in (1, 10):
+        assert train.memory_needed(hifigan, [n * minute], 3 * minute) == \
+            train.memory_needed(args, [n * minute], 3 * minute) + vocoder.BLOCK_BYTES
 
 
 def test_a_corrected_target_is_the_style_plus_the_segment_less_the_whole():
