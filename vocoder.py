@@ -171,8 +171,10 @@ def synthesise(mel, device="cpu"):
 # 0.84 and 0.86 GB, in the same time (2-core Intel Xeon). Each block is rendered with
 # CONTEXT frames of the clip on either side, whose samples are cut off again. CONTEXT is
 # beyond the generator's reach (about 14 frames: its first convolution 3, the residual
-# blocks after the first upsampling 7.5, the rest under 3), so the blocks join into the
-# whole clip's rendering (a test holds them together).
+# blocks after the first upsampling 7.5, the rest under 3; blocks of 24 frames rendered
+# with 8 frames of context differed from the whole by 0.11 of its peak, with 16 by 1.8e-6,
+# with 32 by 2.3e-7), so the blocks join into the whole clip's rendering (a test holds
+# them together).
 BLOCK, CONTEXT = 1024, 32
 BLOCK_BYTES = 450 * 2 ** 20  # the weights and one block's work: 0.84 GB peak against 0.43
 
