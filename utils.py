@@ -281,18 +281,22 @@ def stft_frames(y, start, stop, n_fft=N_FFT):
     return stft(piece, n_fft, center=False)
 
 
-def log_spectrogram(y, n_fft=N_FFT, block=SPECTROGRAM_BLOCK):
-    """S = log(1 + |STFT|), shape (n_fft // 2 + 1, frames): the reference's features.
-    A long clip is transformed `block` frames at a time, so that its complex STFT never
-    exists whole."""
+def per_frame_of_stft(y, transform, n_fft=N_FFT, block=SPECTROGRAM_BLOCK):
+    """transform(X) of y's complex STFT X (F, frames) -> float32 (F, frames), for a
+    transform that works on each frame alone: a long clip `block` frames at a time, so
+    that its complex STFT never exists whole."""
     frames = frame_count(len(y), n_fft)
-    if frames <= block:
-        return np.log1p(np.abs(stft(y, n_fft))).astype(np.float32)
     out = np.empty((n_fft // 2 + 1, frames), np.float32)
     for start in range(0, frames, block):
         stop = min(start + block, frames)
-        out[:, start:stop] = np.log1p(np.abs(stft_frames(y, start, stop, n_fft)))
+        out[:, start:stop] = transform(stft_frames(y, start, stop, n_fft))
     return out
+
+
+def log_spectrogram(y, n_fft=N_FFT, block=SPECTROGRAM_BLOCK):
+    """S = log(1 + |STFT|), shape (n_fft // 2 + 1, frames): the reference's features,
+    a long clip `block` frames at a time."""
+    return per_frame_of_stft(y, lambda X: np.log1p(np.abs(X)), n_fft, block)
 
 
 def magnitude(log_spec):
@@ -350,18 +354,15 @@ def shift_pitch_formants(y, pitch_ratio=1.0, formant_ratio=1.0, n_fft=N_FFT, lif
     stretched along the frequency axis by its ratio and the two are added back. Each
     frame on its own, so a long clip goes `block` frames at a time, as log_spectrogram.
     """
-    frames = frame_count(len(y), n_fft)
-    out = np.empty((n_fft // 2 + 1, frames), np.float32)
-    for start in range(0, frames, block):  # frame by frame: a long clip a block at a time
-        stop = min(start + block, frames)
-        log_mag = np.log(np.abs(stft_frames(y, start, stop, n_fft)) + 1e-6)
+    def shifted(X):
+        log_mag = np.log(np.abs(X) + 1e-6)
         cepstrum = np.fft.irfft(log_mag, n=n_fft, axis=0)
         cepstrum[lifter:n_fft - lifter + 1] = 0
         envelope = np.fft.rfft(cepstrum, axis=0).real
         fine = log_mag - envelope
-        shifted = _stretch_bins(envelope, formant_ratio) + _stretch_bins(fine, pitch_ratio)
-        out[:, start:stop] = np.log1p(np.exp(shifted))
-    return out
+        moved = _stretch_bins(envelope, formant_ratio) + _stretch_bins(fine, pitch_ratio)
+        return np.log1p(np.exp(moved))
+    return per_frame_of_stft(y, shifted, n_fft, block)
 
 
 def follow_loudness(log_spec, content_log_spec, strength, max_gain_db=20.0):
